@@ -1,0 +1,5 @@
+import sys
+
+from marrowscope.cli import main
+
+sys.exit(main())

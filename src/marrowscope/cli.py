@@ -1,0 +1,177 @@
+"""The ``marrowscope`` command: each subcommand parses flags and makes one library call."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+from marrowscope.classes import CLASSES
+from marrowscope.errors import MarrowscopeError
+
+
+def _classes(text: str) -> tuple[str, ...]:
+    out = tuple(c.strip() for c in text.split(",") if c.strip())
+    if len(set(out)) != len(out) or not out:
+        raise argparse.ArgumentTypeError(f"--classes needs distinct comma-separated names, got '{text}'")
+    return out
+
+
+def _data_arg(value: str | None) -> str:
+    if value:
+        return value
+    from marrowscope.data import default_data_dir
+
+    found = default_data_dir()
+    if found is None:
+        raise MarrowscopeError("no DATA given and ../shared/data/bone-marrow-7 is not present; name a dataset "
+                               "folder or manifest.")
+    return str(found)
+
+
+def cmd_prepare(a) -> None:
+    from marrowscope.data import count_table, duplicate_groups, format_skipped, format_table, prepare, write_manifest
+
+    samples, skipped = prepare(a.src, a.classes, a.per_class, a.val, a.test, a.seed)
+    write_manifest(samples, a.out, a.src)
+    if skipped:
+        print(format_skipped(skipped), file=sys.stderr)
+    dups = duplicate_groups(samples)
+    print(format_table(count_table(samples, a.classes)))
+    print(f"{len(samples)} images, {dups} in byte-identical groups (kept in one split); manifest: {a.out}")
+
+
+def cmd_stats(a) -> None:
+    import json
+
+    from marrowscope.data import count_table, format_skipped, format_table, load_samples
+    from marrowscope.plots import plot_distribution
+
+    samples, skipped = load_samples(_data_arg(a.data), a.classes, seed=a.seed, data_root=a.data_root)
+    table = count_table(samples, a.classes or sorted({s.label for s in samples}))
+    if skipped:
+        print(format_skipped(skipped), file=sys.stderr)
+    print(format_table(table))
+    out = Path(a.out)
+    paths = plot_distribution({c: r["total"] for c, r in table.items()}, out, f"images per class ({len(samples)})")
+    (out / "counts.json").write_text(json.dumps(table, indent=2))
+    print("wrote " + ", ".join(str(p) for p in [*paths, out / "counts.json"]))
+
+
+def cmd_train(a) -> None:
+    from marrowscope.config import TrainConfig
+    from marrowscope.train import fit
+
+    cfg = TrainConfig(**{f.name: getattr(a, f.name) for f in fields(TrainConfig)
+                         if getattr(a, f.name, None) is not None})
+    cfg.data = _data_arg(a.data)
+    fit(cfg)
+
+
+def cmd_evaluate(a) -> None:
+    from marrowscope.evaluate import evaluate, format_report
+    from marrowscope.predict import Predictor
+
+    predictor = Predictor(a.model, backend=a.backend)
+    m = evaluate(predictor, _data_arg(a.data), a.split, a.out, seed=a.seed, data_root=a.data_root)
+    print(format_report(m, predictor.classes))
+    for u in m["unreadable"]:
+        print(f"skipped {u['path']}: {u['reason']}", file=sys.stderr)
+    print(f"wrote {a.out}/metrics.json, confusion_matrix.png, reliability.png, predictions.csv")
+
+
+def cmd_predict(a) -> None:
+    from marrowscope.predict import Predictor
+    from marrowscope.report import run_batch
+
+    predictor = Predictor(a.model, backend=a.backend)
+    result = run_batch(predictor, a.paths, a.out, top_k=a.top_k, review_below=a.review_below,
+                       batch_size=a.batch_size, progress=not a.quiet)
+    print(result.summary())
+    print(f"wrote {a.out} and its _counts.csv")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from marrowscope.config import TrainConfig
+
+    d = TrainConfig()
+    p = argparse.ArgumentParser(prog="marrowscope", description="Bone-marrow cell classification: prepare, "
+                                "train, evaluate, predict, serve.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("prepare", help="sample, split and write a manifest CSV")
+    s.add_argument("src", help="folder with one sub-folder per class (flat or nested)")
+    s.add_argument("--out", required=True, help="manifest CSV to write")
+    s.add_argument("--classes", type=_classes, default=CLASSES)
+    s.add_argument("--per-class", type=int, default=None, help="sample at most N images per class (seeded)")
+    s.add_argument("--val", type=float, default=0.15)
+    s.add_argument("--test", type=float, default=0.15)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_prepare)
+
+    s = sub.add_parser("stats", help="class distribution: table, bar and pie charts")
+    s.add_argument("data", nargs="?", help="class-folder tree or manifest (default: ../shared/data/bone-marrow-7)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--classes", type=_classes, default=None)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--data-root", default=None)
+    s.set_defaults(func=cmd_stats)
+
+    s = sub.add_parser("train", help="train a timm classifier with PyTorch Lightning")
+    s.add_argument("data", nargs="?", help="class-folder tree or manifest CSV")
+    s.add_argument("--out", required=True, help="run folder, e.g. runs/NAME")
+    s.add_argument("--model", default=d.model, help="timm architecture name (default %(default)s)")
+    for name in ("img_size", "epochs", "batch_size", "seed", "patience", "workers", "devices", "num_nodes"):
+        s.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
+    for name in ("lr", "weight_decay", "label_smoothing", "mixup", "drop_rate", "val", "test"):
+        s.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
+    s.add_argument("--classes", type=_classes, default=CLASSES)
+    s.add_argument("--pretrained", action="store_true", help="start from ImageNet weights")
+    s.add_argument("--init-weights", default=None, help=".safetensors/.pth state dict or model folder to start from")
+    s.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu", "cuda", "mps"])
+    s.add_argument("--precision", default=None, help="Lightning precision (default bf16-mixed on GPU, 32 on CPU)")
+    s.add_argument("--max-time", default=None, help="stop after DD:HH:MM:SS, keeping the best epoch")
+    s.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    s.add_argument("--half", action="store_true", help="store weights as float16")
+    s.add_argument("--data-root", default=None, help="where a manifest's images live now")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("evaluate", help="metrics on a split the model never trained on")
+    s.add_argument("model", nargs="?", default=None, help="model or run folder (default: bundled model)")
+    s.add_argument("data", nargs="?", default=None, help="class-folder tree or manifest")
+    s.add_argument("--split", default="test", choices=["test", "val", "train", "all"])
+    s.add_argument("--out", required=True)
+    s.add_argument("--seed", type=int, default=0, help="seed of the on-the-fly split of a folder")
+    s.add_argument("--data-root", default=None)
+    s.add_argument("--backend", default="auto", choices=["auto", "onnx", "torch"])
+    s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("predict", help="classify images and count cells per class")
+    s.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
+    s.add_argument("--model", default=None, help="model folder (default: bundled model)")
+    s.add_argument("--out", default="predictions.csv")
+    s.add_argument("--top-k", type=int, default=3)
+    s.add_argument("--review-below", type=float, default=0.6, help="flag cells whose top probability is lower")
+    s.add_argument("--batch-size", type=int, default=32)
+    s.add_argument("--backend", default="auto", choices=["auto", "onnx", "torch"])
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_predict)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except MarrowscopeError as exc:
+        print(f"marrowscope {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

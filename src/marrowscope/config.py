@@ -1,0 +1,55 @@
+"""Training defaults in one dataclass; flags override them; the resolved config is saved."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Optional
+
+from marrowscope.classes import CLASSES
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a training run. Saved as ``config_train.json`` in the run folder."""
+
+    data: str = ""                    # class-folder tree or manifest CSV
+    out: str = "runs/default"
+    model: str = "rexnet_150"         # any timm architecture name
+    img_size: int = 224
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.1
+    mixup: float = 0.0                # mixup/cutmix probability per batch (timm Mixup), 0 = off
+    drop_rate: float = 0.2
+    pretrained: bool = False
+    init_weights: Optional[str] = None
+    classes: tuple[str, ...] = CLASSES
+    val: float = 0.15
+    test: float = 0.15
+    seed: int = 0
+    patience: int = 10                # early stopping on val macro-F1
+    workers: int = field(default_factory=lambda: min(8, os.cpu_count() or 1))
+    accelerator: str = "auto"
+    devices: int = 1
+    num_nodes: int = 1
+    precision: Optional[str] = None   # default: bf16-mixed on GPU, 32 on CPU
+    max_time: Optional[str] = None    # "DD:HH:MM:SS": stop gracefully, keep the best epoch
+    resume: bool = False
+    half: bool = False                # store weights as float16
+    data_root: Optional[str] = None   # where a manifest's images now live
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TrainConfig":
+        raw = json.loads(Path(path).read_text())
+        known = {f.name for f in fields(cls)}
+        cfg = cls(**{k: v for k, v in raw.items() if k in known})
+        cfg.classes = tuple(cfg.classes)
+        return cfg

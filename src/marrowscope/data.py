@@ -1,0 +1,281 @@
+"""Datasets as users have them: class folders, manifests, splits, and the training DataModule.
+
+A dataset is either a folder with one sub-folder per class (flat, ``BLA/BLA_00001.jpg``, or
+nested, ``BLA/0001-1000/BLA_00001.jpg``) or a manifest CSV written by ``marrowscope prepare``
+(columns path, label, split, sha256; paths relative to the root recorded on its first line).
+Splits are stratified per class and seeded; byte-identical files share one split.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import random
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from marrowscope.errors import ImageDecodeError, MarrowscopeError
+from marrowscope.images import decode_image, is_image_path
+
+SPLITS = ("train", "val", "test")
+DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "bone-marrow-7"
+
+
+def default_data_dir() -> Optional[Path]:
+    """``../shared/data/bone-marrow-7`` beside the checkout (or $MARROWSCOPE_DATA), if present."""
+    for cand in (os.environ.get("MARROWSCOPE_DATA"), DEFAULT_DATA, Path.cwd().parent / "shared/data/bone-marrow-7"):
+        if cand and Path(cand).is_dir():
+            return Path(cand).resolve()
+    return None
+
+
+@dataclass
+class Sample:
+    path: Path
+    label: str
+    split: str = ""
+    sha256: str = ""
+
+
+@dataclass
+class Skipped:
+    path: Path
+    reason: str
+
+
+def scan_folder(root: str | Path, classes: Optional[Sequence[str]] = None) -> tuple[list[Sample], list[Skipped]]:
+    """Find the images of each class folder under ``root`` (any depth below the class folder).
+
+    Raises:
+        MarrowscopeError: root is not a folder, a requested class has no folder, or no images.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise MarrowscopeError(f"dataset folder '{root}' does not exist or is not a folder.")
+    present = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    wanted = list(classes) if classes else present
+    missing = [c for c in wanted if c not in present]
+    if missing:
+        raise MarrowscopeError(
+            f"class folder(s) {', '.join(missing)} not found in '{root}' (found: {', '.join(present) or 'none'})."
+        )
+    samples, skipped = [], []
+    for label in wanted:
+        files = sorted(p for p in (root / label).rglob("*") if p.is_file())
+        images = [p for p in files if is_image_path(p)]
+        skipped += [Skipped(p, "not an image file (by its extension)") for p in files
+                    if p not in set(images) and not p.name.startswith(".")]
+        if not images:
+            raise MarrowscopeError(f"class folder '{root / label}' holds no images.")
+        samples += [Sample(p, label) for p in images]
+    return samples, skipped
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _check_decodes(samples: list[Sample], workers: int = 4) -> tuple[list[Sample], list[Skipped]]:
+    def check(s: Sample) -> Optional[str]:
+        try:
+            decode_image(s.path)
+        except ImageDecodeError as exc:
+            return str(exc)
+        return None
+
+    with ThreadPoolExecutor(workers) as pool:
+        reasons = list(pool.map(check, samples))
+    good = [s for s, r in zip(samples, reasons) if r is None]
+    bad = [Skipped(s.path, r) for s, r in zip(samples, reasons) if r is not None]
+    return good, bad
+
+
+def split_samples(samples: list[Sample], val: float, test: float, seed: int) -> list[Sample]:
+    """Stratified, seeded train/val/test split in which byte-identical files stay together."""
+    if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
+        raise MarrowscopeError(f"--val {val} and --test {test} must be fractions that sum to less than 1.")
+    with ThreadPoolExecutor(4) as pool:
+        for s, digest in zip(samples, pool.map(lambda s: s.sha256 or sha256_of(s.path), samples)):
+            s.sha256 = digest
+    groups: dict[str, list[Sample]] = defaultdict(list)
+    for s in samples:
+        groups[s.sha256].append(s)
+    by_label: dict[str, list[str]] = defaultdict(list)
+    for digest, members in groups.items():
+        by_label[members[0].label].append(digest)
+    rng = random.Random(seed)
+    for label in sorted(by_label):
+        digests = sorted(by_label[label])
+        rng.shuffle(digests)
+        n = len(digests)
+        n_test = _share(n, test)
+        n_val = _share(n - n_test, val / (1 - test) if test < 1 else 0)
+        for k, digest in enumerate(digests):
+            split = "test" if k < n_test else "val" if k < n_test + n_val else "train"
+            for s in groups[digest]:
+                s.split = split
+    return samples
+
+
+def _share(n: int, frac: float) -> int:
+    """round(n * frac), but at least one when the fraction is asked for and n allows it."""
+    k = int(round(n * frac))
+    return max(k, 1) if frac > 0 and n >= 3 else k
+
+
+def prepare(src: str | Path, classes: Optional[Sequence[str]] = None, per_class: Optional[int] = None,
+            val: float = 0.15, test: float = 0.15, seed: int = 0) -> tuple[list[Sample], list[Skipped]]:
+    """Scan, sample up to ``per_class`` images per class (seeded), verify they decode, and split."""
+    samples, skipped = scan_folder(src, classes)
+    if per_class:
+        rng = random.Random(seed)
+        by_label = defaultdict(list)
+        for s in samples:
+            by_label[s.label].append(s)
+        samples = [s for label in by_label for s in
+                   (rng.sample(by_label[label], per_class) if len(by_label[label]) > per_class else by_label[label])]
+    samples, bad = _check_decodes(samples)
+    return split_samples(samples, val, test, seed), skipped + bad
+
+
+def duplicate_groups(samples: Sequence[Sample]) -> int:
+    """How many files have a byte-identical twin elsewhere in the set."""
+    counts = Counter(s.sha256 for s in samples if s.sha256)
+    return sum(c for c in counts.values() if c > 1)
+
+
+def write_manifest(samples: Sequence[Sample], path: str | Path, root: str | Path) -> Path:
+    """CSV of path (relative to ``root``), label, split, sha256; the root on the first line."""
+    path, root = Path(path), Path(root).resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as fh:
+        fh.write(f"# root: {root}\n")
+        w = csv.writer(fh)
+        w.writerow(["path", "label", "split", "sha256"])
+        for s in samples:
+            full = Path(s.path).resolve()
+            rel = full.relative_to(root) if full.is_relative_to(root) else full
+            w.writerow([rel.as_posix(), s.label, s.split, s.sha256])
+    os.replace(tmp, path)
+    return path
+
+
+def read_manifest(path: str | Path, data_root: Optional[str | Path] = None) -> list[Sample]:
+    """Read a manifest; ``data_root`` replaces the recorded root (for a dataset that moved)."""
+    path = Path(path)
+    with open(path, newline="") as fh:
+        first = fh.readline()
+        recorded = first[len("# root:"):].strip() if first.startswith("# root:") else None
+        if recorded is None:
+            fh.seek(0)
+        rows = list(csv.DictReader(fh))
+    if not rows or not {"path", "label", "split"} <= set(rows[0]):
+        raise MarrowscopeError(f"'{path}' is not a marrowscope manifest (expected columns path, label, split, sha256).")
+    root = Path(data_root) if data_root else Path(recorded) if recorded else path.parent
+    if not root.is_dir():
+        raise MarrowscopeError(f"the images of manifest '{path}' live under '{root}', which does not exist; "
+                               "pass --data-root with the folder that holds the class folders.")
+    bad_splits = {r["split"] for r in rows} - set(SPLITS)
+    if bad_splits:
+        raise MarrowscopeError(f"manifest '{path}' has unknown split(s) {sorted(bad_splits)}; expected {SPLITS}.")
+    return [Sample(root / r["path"], r["label"], r["split"], r.get("sha256", "")) for r in rows]
+
+
+def load_samples(data: str | Path, classes: Optional[Sequence[str]] = None, *, val: float = 0.15,
+                 test: float = 0.15, seed: int = 0, data_root: Optional[str | Path] = None
+                 ) -> tuple[list[Sample], list[Skipped]]:
+    """Samples of a manifest CSV, or of a class-folder tree split on the fly (seeded)."""
+    data = Path(data)
+    if data.is_file():
+        samples = read_manifest(data, data_root)
+        if classes:
+            unknown = sorted({s.label for s in samples} - set(classes))
+            if unknown:
+                raise MarrowscopeError(f"manifest '{data}' has labels {unknown} outside the classes {list(classes)}.")
+        return samples, []
+    return prepare(data, classes, None, val, test, seed)
+
+
+def count_table(samples: Sequence[Sample], classes: Sequence[str]) -> dict[str, dict[str, int]]:
+    """{class: {split: count, ..., "total": n}} for every class, zeros included."""
+    table = {c: {**{sp: 0 for sp in SPLITS}, "total": 0} for c in classes}
+    for s in samples:
+        row = table.setdefault(s.label, {**{sp: 0 for sp in SPLITS}, "total": 0})
+        if s.split in row:
+            row[s.split] += 1
+        row["total"] += 1
+    return table
+
+
+def format_table(table: dict[str, dict[str, int]]) -> str:
+    cols = [c for c in (*SPLITS, "total") if any(r.get(c) for r in table.values())] or ["total"]
+    lines = ["class  " + "".join(f"{c:>8}" for c in cols)]
+    for label, row in table.items():
+        lines.append(f"{label:<7}" + "".join(f"{row.get(c, 0):>8}" for c in cols))
+    totals = {c: sum(r.get(c, 0) for r in table.values()) for c in cols}
+    lines.append("all    " + "".join(f"{totals[c]:>8}" for c in cols))
+    return "\n".join(lines)
+
+
+def format_skipped(skipped: Sequence[Skipped], limit: int = 10) -> str:
+    head = f"{len(skipped)} file(s) skipped:"
+    rows = [f"  {s.path}: {s.reason}" for s in skipped[:limit]]
+    more = [f"  ... and {len(skipped) - limit} more"] if len(skipped) > limit else []
+    return "\n".join([head, *rows, *more])
+
+
+class CellDataset(Dataset):
+    """Labelled cell images, decoded once into memory (a few hundred MB for 3,500 crops).
+
+    Decoding once keeps the CPU for augmentation and the model: JPEG decoding per epoch would
+    otherwise rival a small network's forward pass. Files that fail to decode are left out and
+    listed in ``skipped``.
+    """
+
+    def __init__(self, samples: Sequence[Sample], classes: Sequence[str], transform: Callable, workers: int = 4):
+        self.classes = list(classes)
+        index = {c: i for i, c in enumerate(self.classes)}
+        unknown = sorted({s.label for s in samples} - set(index))
+        if unknown:
+            raise MarrowscopeError(f"labels {unknown} are not among the model's classes {self.classes}.")
+        self.transform = transform
+
+        def load(s: Sample):
+            try:
+                return np.asarray(decode_image(s.path))
+            except ImageDecodeError as exc:
+                return str(exc)
+
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            loaded = list(pool.map(load, samples))
+        self.samples = [s for s, x in zip(samples, loaded) if not isinstance(x, str)]
+        self.images = [x for x in loaded if not isinstance(x, str)]
+        self.skipped = [Skipped(s.path, x) for s, x in zip(samples, loaded) if isinstance(x, str)]
+        self.targets = torch.tensor([index[s.label] for s in self.samples], dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.images[i])), self.targets[i]
+
+
+def make_loader(ds: Dataset, batch_size: int, workers: int, shuffle: bool) -> DataLoader:
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
+                      drop_last=shuffle and len(ds) > batch_size, persistent_workers=workers > 0,
+                      pin_memory=torch.cuda.is_available())

@@ -1,0 +1,85 @@
+"""A thin LightningModule around a plain timm network: loss, metrics per stage, optimiser."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+
+class CellClassifier(L.LightningModule):
+    """Cross-entropy with label smoothing (optionally mixup/cutmix), AdamW, one-cycle cosine LR.
+
+    Logs per epoch ``{train,val}_{loss,acc,f1}`` (accuracy over images, macro-F1 over classes)
+    and ``lr``; the checkpoint callback picks the best epoch by ``val_f1``.
+    """
+
+    def __init__(self, net: nn.Module, num_classes: int, lr: float = 1e-3, weight_decay: float = 0.05,
+                 label_smoothing: float = 0.1, mixup: float = 0.0, channels_last: bool = True):
+        super().__init__()
+        self.save_hyperparameters(ignore=["net"])
+        self.net = net.to(memory_format=torch.channels_last) if channels_last else net
+        self.channels_last = channels_last
+        # "train" would clash with nn.Module.train, hence the "_stage" suffix
+        self.metrics = nn.ModuleDict({
+            f"{stage}_stage": MetricCollection({
+                "acc": MulticlassAccuracy(num_classes, average="micro"),
+                "f1": MulticlassF1Score(num_classes, average="macro"),
+            }, prefix=f"{stage}_")
+            for stage in ("train", "val")
+        })
+        self.mixup = None
+        if mixup > 0:
+            from timm.data import Mixup
+
+            self.mixup = Mixup(mixup_alpha=0.2, cutmix_alpha=1.0, prob=mixup, label_smoothing=label_smoothing,
+                               num_classes=num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.net(x)
+
+    def _step(self, batch, stage: str) -> torch.Tensor:
+        x, y = batch
+        if stage == "train" and self.mixup is not None and len(x) % 2 == 0:
+            x, soft = self.mixup(x, y)
+            logits = self(x)
+            loss = torch.sum(-soft * F.log_softmax(logits, dim=-1), dim=-1).mean()
+        else:
+            logits = self(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing if stage == "train" else 0.0)
+        self.metrics[f"{stage}_stage"].update(logits.detach(), y)
+        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True,
+                 batch_size=len(x))
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, "val")
+
+    def _log_metrics(self, stage: str) -> None:
+        self.log_dict(self.metrics[f"{stage}_stage"].compute(), prog_bar=True, sync_dist=True)
+        self.metrics[f"{stage}_stage"].reset()
+
+    def on_train_epoch_end(self) -> None:
+        self._log_metrics("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val")
+
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for name, p in self.net.named_parameters():
+            (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": self.hparams.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=self.hparams.lr)
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=self.hparams.lr, total_steps=max(1, int(self.trainer.estimated_stepping_batches)),
+            pct_start=0.1, anneal_strategy="cos", div_factor=25, final_div_factor=1e3)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
