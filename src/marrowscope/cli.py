@@ -73,7 +73,7 @@ def cmd_evaluate(a) -> None:
     from marrowscope.evaluate import evaluate, format_report
     from marrowscope.predict import Predictor
 
-    predictor = Predictor(a.model, backend=a.backend)
+    predictor = Predictor(a.model, backend=a.backend, tta=a.tta)
     m = evaluate(predictor, _data_arg(a.data), a.split, a.out, seed=a.seed, data_root=a.data_root)
     print(format_report(m, predictor.classes))
     for u in m["unreadable"]:
@@ -85,7 +85,7 @@ def cmd_predict(a) -> None:
     from marrowscope.predict import Predictor
     from marrowscope.report import run_batch
 
-    predictor = Predictor(a.model, backend=a.backend)
+    predictor = Predictor(a.model, backend=a.backend, tta=a.tta)
     result = run_batch(predictor, a.paths, a.out, top_k=a.top_k, review_below=a.review_below,
                        batch_size=a.batch_size, progress=not a.quiet)
     print(result.summary())
@@ -145,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="seed of the on-the-fly split of a folder")
     s.add_argument("--data-root", default=None)
     s.add_argument("--backend", default="auto", choices=["auto", "onnx", "torch"])
+    s.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="average over flips and 90-degree turns, 4x the compute (default: as the model folder says)")
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("predict", help="classify images and count cells per class")
@@ -155,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--review-below", type=float, default=0.6, help="flag cells whose top probability is lower")
     s.add_argument("--batch-size", type=int, default=32)
     s.add_argument("--backend", default="auto", choices=["auto", "onnx", "torch"])
+    s.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="average over flips and 90-degree turns, 4x the compute (default: as the model folder says)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_predict)
     return p

@@ -12,6 +12,7 @@ import csv
 import hashlib
 import os
 import random
+import sys
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -185,6 +186,10 @@ def read_manifest(path: str | Path, data_root: Optional[str | Path] = None) -> l
     if not rows or not {"path", "label", "split"} <= set(rows[0]):
         raise MarrowscopeError(f"'{path}' is not a marrowscope manifest (expected columns path, label, split, sha256).")
     root = Path(data_root) if data_root else Path(recorded) if recorded else path.parent
+    if not data_root and not root.is_dir() and recorded and Path(recorded).name == DEFAULT_DATA.name \
+            and default_data_dir():
+        root = default_data_dir()  # a shipped manifest of bone-marrow-7, read on another machine
+        print(f"manifest '{path}': images of {recorded} read from {root}", file=sys.stderr)
     if not root.is_dir():
         raise MarrowscopeError(f"the images of manifest '{path}' live under '{root}', which does not exist; "
                                "pass --data-root with the folder that holds the class folders.")

@@ -93,10 +93,11 @@ def _open(fh, name: str, max_pixels: int) -> Image.Image:
     except UnidentifiedImageError:
         raise ImageDecodeError(
             f"{name} is not an image format marrowscope can read "
-            f"(expected {', '.join(e.lstrip('.').upper() for e in IMAGE_EXTENSIONS[1:6])})."
+            "(expected JPEG, PNG, TIFF, BMP, GIF or WebP)."
         ) from None
     except Image.DecompressionBombError as exc:
-        raise ImageDecodeError(f"{name} is too large to decode safely: {exc}") from None
+        raise ImageDecodeError(f"{name} is above the limit of {max_pixels:,} pixels and too large to decode "
+                               f"safely ({exc}).") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise ImageDecodeError(f"{name} is truncated or corrupt ({exc}).") from None
     return _to_rgb(im, name)

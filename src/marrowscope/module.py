@@ -52,9 +52,13 @@ class CellClassifier(L.LightningModule):
         else:
             logits = self(x)
             loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing if stage == "train" else 0.0)
-        self.metrics[f"{stage}_stage"].update(logits.detach(), y)
+        metrics = self.metrics[f"{stage}_stage"]
+        metrics.update(logits.detach(), y)
         self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True,
                  batch_size=len(x))
+        # Logging the metric objects lets Lightning compute, sync across DDP ranks and reset them
+        # at epoch end on every rank alike (a manual compute in a hook deadlocks under DDP).
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=True)
         return loss
 
     def training_step(self, batch, batch_idx):
@@ -63,23 +67,15 @@ class CellClassifier(L.LightningModule):
     def validation_step(self, batch, batch_idx):
         self._step(batch, "val")
 
-    def _log_metrics(self, stage: str) -> None:
-        self.log_dict(self.metrics[f"{stage}_stage"].compute(), prog_bar=True, sync_dist=True)
-        self.metrics[f"{stage}_stage"].reset()
-
-    def on_train_epoch_end(self) -> None:
-        self._log_metrics("train")
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_metrics("val")
-
     def configure_optimizers(self):
         decay, no_decay = [], []
         for name, p in self.net.named_parameters():
             (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": self.hparams.weight_decay},
                                  {"params": no_decay, "weight_decay": 0.0}], lr=self.hparams.lr)
+        # OneCycleLR needs a few steps per phase; tiny debug runs simply stop early in the schedule
+        total = max(20, int(self.trainer.estimated_stepping_batches))
         sched = torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=self.hparams.lr, total_steps=max(1, int(self.trainer.estimated_stepping_batches)),
+            opt, max_lr=self.hparams.lr, total_steps=total,
             pct_start=0.1, anneal_strategy="cos", div_factor=25, final_div_factor=1e3)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

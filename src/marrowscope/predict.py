@@ -55,15 +55,21 @@ class Predictor:
 
         p = Predictor("models/default")
         p.predict("cell.jpg")          # {"BLA": 0.91, "PMO": 0.05, ...}, descending
+
+    ``tta`` averages over flips and 90-degree turns (4x the compute); by default the model
+    folder's own ``marrowscope.tta`` setting decides.
     """
 
-    def __init__(self, model_dir: Optional[str | Path] = None, backend: str = "auto", threads: Optional[int] = None):
+    def __init__(self, model_dir: Optional[str | Path] = None, backend: str = "auto", threads: Optional[int] = None,
+                 tta: Optional[bool] = None):
         if backend not in BACKENDS:
             raise MarrowscopeError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}.")
         self.model_dir = resolve_model_dir(model_dir)
         self.info = read_model_info(self.model_dir)
         self.classes = self.info.classes
         self.transform = eval_transform(self.info.data_config)
+        # None: as the model folder says (its card reports metrics with that setting)
+        self.tta = bool(self.info.extra.get("tta", False)) if tta is None else tta
         onnx_path = self.model_dir / "model.onnx"
         if backend == "onnx" and not onnx_path.is_file():
             raise MarrowscopeError(f"--backend onnx: '{onnx_path}' is missing; run `marrowscope export-onnx "
@@ -90,7 +96,15 @@ class Predictor:
         return self.transform(decode_image(src))
 
     def probs_of_batch(self, batch: torch.Tensor) -> np.ndarray:
-        """[N, 3, H, W] tensor -> [N, C] probabilities."""
+        """[N, 3, H, W] tensor -> [N, C] probabilities (averaged over 4 views with ``tta``)."""
+        if not self.tta:
+            return self._probs(batch)
+        # A cell has no orientation: the mean over identity, flip, and two 90-degree turns.
+        views = [batch, batch.flip(3), batch.rot90(1, (2, 3)), batch.flip(3).rot90(1, (2, 3))]
+        n = len(batch)
+        return self._probs(torch.cat(views)).reshape(4, n, -1).mean(axis=0)
+
+    def _probs(self, batch: torch.Tensor) -> np.ndarray:
         if self.backend == "onnx":
             logits = self.session.run(None, {self.input_name: batch.numpy()})[0]
             logits = logits - logits.max(axis=1, keepdims=True)

@@ -46,6 +46,16 @@ class History(Checkpoint):
     def __init__(self, path: Path, n_train: int):
         self.path, self.n_train, self._t0 = path, n_train, 0.0
 
+    def on_train_start(self, trainer, pl_module):
+        # After a resume, drop rows of epochs the checkpoint does not include (killed in between).
+        if trainer.is_global_zero and self.path.exists() and trainer.current_epoch > 0:
+            with open(self.path, newline="") as fh:
+                rows = [r for r in csv.DictReader(fh) if int(r["epoch"]) <= trainer.current_epoch]
+            with open(self.path, "w", newline="") as fh:
+                w = csv.DictWriter(fh, HISTORY_FIELDS)
+                w.writeheader()
+                w.writerows(rows)
+
     def on_train_epoch_start(self, trainer, pl_module):
         self._t0 = time.perf_counter()
 
@@ -68,18 +78,32 @@ class History(Checkpoint):
               f"F1 {row['val_f1']:.4f} | lr {row['lr']:.2e} | {secs:.1f} s", file=sys.stderr, flush=True)
 
 
+RUNTIME_FIELDS = ("accelerator", "devices", "num_nodes", "workers", "max_time", "precision", "data_root")
+
+
 def fit(cfg: TrainConfig) -> Path:
-    """Train a classifier as ``cfg`` says and write the run folder; returns the model folder."""
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    """Train a classifier as ``cfg`` says and write the run folder; returns the model folder.
+
+    With ``cfg.resume`` the run folder's saved config is used (only where and how it runs may
+    change: accelerator, devices, workers, time limit, data root), and training continues from
+    ``checkpoints/last.ckpt``, the end of the last finished epoch.
+    """
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out / "checkpoints"
     last = ckpt_dir / "last.ckpt"
-    if cfg.resume and not last.exists():
-        raise MarrowscopeError(f"--resume: no checkpoint to resume from at '{last}'.")
-    if not cfg.resume and last.exists():
+    if cfg.resume:
+        if not last.exists() or not (out / "config_train.json").exists():
+            raise MarrowscopeError(f"--resume: no checkpoint to resume from at '{last}'.")
+        saved = TrainConfig.load(out / "config_train.json")
+        for name in RUNTIME_FIELDS:
+            setattr(saved, name, getattr(cfg, name))
+        cfg, cfg.resume = saved, True
+        print(f"resuming '{out}' with its saved config ({cfg.model}, {cfg.epochs} epochs)", file=sys.stderr)
+    elif last.exists():
         raise MarrowscopeError(f"'{out}' already holds a training run; pass --resume to continue it or "
                                "choose another --out.")
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    out.mkdir(parents=True, exist_ok=True)
     samples, skipped = load_samples(cfg.data, cfg.classes, val=cfg.val, test=cfg.test, seed=cfg.seed,
                                     data_root=cfg.data_root)
     if skipped:
@@ -115,7 +139,7 @@ def fit(cfg: TrainConfig) -> Path:
         callbacks=[best_cb, EarlyStopping("val_f1", mode="max", patience=cfg.patience), history],
         default_root_dir=out, log_every_n_steps=10,
     )
-    if trainer.is_global_zero:
+    if trainer.is_global_zero and not cfg.resume:
         cfg.save(out / "config_train.json")
         write_manifest(samples, out / "manifest.csv", _common_root(samples))
     workers = cfg.workers if cfg.devices * cfg.num_nodes == 1 else min(cfg.workers, 2)

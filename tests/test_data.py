@@ -1,0 +1,96 @@
+"""Dataset scans, splits, manifests."""
+
+import shutil
+from collections import Counter
+
+import pytest
+
+from marrowscope.classes import CLASSES
+from marrowscope.data import count_table, load_samples, prepare, read_manifest, scan_folder, write_manifest
+from marrowscope.errors import MarrowscopeError
+from tests.conftest import make_dataset
+
+
+def test_flat_and_nested_layouts(tmp_path):
+    flat = make_dataset(tmp_path / "flat", per_class=3)
+    nested = make_dataset(tmp_path / "nested", per_class=3, nested=True)
+    for root in (flat, nested):
+        samples, skipped = scan_folder(root, CLASSES)
+        assert Counter(s.label for s in samples) == {c: 3 for c in CLASSES}
+        assert skipped == []
+
+
+def test_unasked_classes_ignored_missing_class_named(tmp_path):
+    root = make_dataset(tmp_path / "d", per_class=2, classes=("BLA", "EOS", "XYZ"))
+    samples, _ = scan_folder(root, ("BLA", "EOS"))
+    assert {s.label for s in samples} == {"BLA", "EOS"}
+    with pytest.raises(MarrowscopeError, match="LYT"):
+        scan_folder(root, ("BLA", "LYT"))
+
+
+def test_empty_class_folder_is_an_error(tmp_path):
+    root = make_dataset(tmp_path / "d", per_class=2, classes=("BLA",))
+    (root / "EOS").mkdir()
+    with pytest.raises(MarrowscopeError, match="EOS.*holds no images"):
+        scan_folder(root, ("BLA", "EOS"))
+
+
+def test_non_images_and_corrupt_files_are_reported(tmp_path):
+    root = make_dataset(tmp_path / "d", per_class=6, classes=("BLA", "EOS"))
+    (root / "BLA" / "notes.txt").write_text("x")
+    (root / "EOS" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    samples, skipped = prepare(root, ("BLA", "EOS"))
+    reasons = {p.path.name: p.reason for p in skipped}
+    assert "not an image file" in reasons["notes.txt"]
+    assert "not an image format" in reasons["broken.jpg"]
+    assert len(samples) == 12
+
+
+def test_split_is_stratified_seeded_and_sampled(tmp_path):
+    root = make_dataset(tmp_path / "d", per_class=20)
+    a, _ = prepare(root, CLASSES, per_class=10, val=0.2, test=0.2, seed=3)
+    b, _ = prepare(root, CLASSES, per_class=10, val=0.2, test=0.2, seed=3)
+    c, _ = prepare(root, CLASSES, per_class=10, val=0.2, test=0.2, seed=4)
+    table = count_table(a, CLASSES)
+    assert all(row == {"train": 6, "val": 2, "test": 2, "total": 10} for row in table.values())
+    assert [(s.path, s.split) for s in a] == [(s.path, s.split) for s in b]
+    assert [(s.path, s.split) for s in a] != [(s.path, s.split) for s in c]
+
+
+def test_duplicates_never_straddle_splits(tmp_path):
+    root = make_dataset(tmp_path / "d", per_class=10, classes=("BLA",))
+    for k in range(5):  # five byte-identical copies of one image
+        shutil.copy(root / "BLA" / "BLA_00000.png", root / "BLA" / f"dup_{k}.png")
+    for seed in range(5):
+        samples, _ = prepare(root, ("BLA",), val=0.3, test=0.3, seed=seed)
+        splits = {s.split for s in samples if s.sha256 == samples[0].sha256 or "dup" in s.path.name
+                  or s.path.name == "BLA_00000.png"}
+        assert len(splits) == 1
+
+
+def test_manifest_round_trip_and_moved_root(tmp_path):
+    root = make_dataset(tmp_path / "d", per_class=4)
+    samples, _ = prepare(root, CLASSES)
+    path = write_manifest(samples, tmp_path / "out" / "m.csv", root)
+    assert path.read_text().startswith(f"# root: {root.resolve()}")
+    back = read_manifest(path)
+    assert [(s.path, s.label, s.split, s.sha256) for s in back] == \
+           [(s.path.resolve(), s.label, s.split, s.sha256) for s in samples]
+    moved = shutil.move(str(root), tmp_path / "moved")
+    with pytest.raises(MarrowscopeError, match="--data-root"):
+        read_manifest(path)
+    assert all(s.path.exists() for s in read_manifest(path, data_root=moved))
+
+
+def test_folder_without_manifest_is_split_on_the_fly(tmp_path):
+    root = make_dataset(tmp_path / "d", per_class=10)
+    samples, _ = load_samples(root, CLASSES, seed=0)
+    assert {s.split for s in samples} == {"train", "val", "test"}
+
+
+def test_manifest_with_unknown_labels_is_refused(tmp_path):
+    root = make_dataset(tmp_path / "d", per_class=4, classes=("BLA", "XYZ"))
+    samples, _ = prepare(root)
+    m = write_manifest(samples, tmp_path / "m.csv", root)
+    with pytest.raises(MarrowscopeError, match="XYZ"):
+        load_samples(m, ("BLA",))

@@ -1,0 +1,50 @@
+"""prepare -> train -> evaluate -> predict through the CLI on a small sample of the real images."""
+
+import csv
+import json
+
+import pytest
+
+from marrowscope.classes import CLASSES
+from marrowscope.cli import main
+
+
+@pytest.mark.slow
+def test_cli_pipeline_on_real_images(real_data, tmp_path, capsys):
+    manifest = tmp_path / "manifest.csv"
+    assert main(["prepare", str(real_data), "--out", str(manifest), "--per-class", "8", "--seed", "1"]) == 0
+    assert "BLA" in capsys.readouterr().out
+    run = tmp_path / "run"
+    assert main(["train", str(manifest), "--out", str(run), "--model", "test_efficientnet", "--img-size", "32",
+                 "--epochs", "2", "--batch-size", "8", "--workers", "0", "--accelerator", "cpu"]) == 0
+    assert main(["evaluate", str(run), str(manifest), "--split", "test", "--out", str(tmp_path / "ev")]) == 0
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["split"] == "test" and metrics["images"] == 7  # 1 of 8 per class (round(8 * 0.15))
+    assert metrics["overlap_with_training"] == 0
+    assert set(metrics["per_class"]) == set(CLASSES)
+    out = tmp_path / "pred.csv"
+    assert main(["predict", str(real_data / "BLA"), "--model", str(run), "--out", str(out), "--quiet"]) == 0
+    with open(out) as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 500 and all(r["status"] == "ok" for r in rows)
+    assert "differential count of 500" in capsys.readouterr().out
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert main(["prepare", str(tmp_path / "nope"), "--out", str(tmp_path / "m.csv")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("marrowscope prepare: error:") and "does not exist" in err and "\n" not in err
+    assert main(["predict", str(tmp_path), "--model", str(tmp_path / "nomodel")]) == 2
+    assert "model folder" in capsys.readouterr().err
+
+
+def test_stats_writes_charts(tmp_path, capsys):
+    from tests.conftest import make_dataset
+
+    data = make_dataset(tmp_path / "d", per_class=5)
+    assert main(["stats", str(data), "--out", str(tmp_path / "st")]) == 0
+    assert (tmp_path / "st" / "class_bar.png").stat().st_size > 1000
+    assert (tmp_path / "st" / "class_pie.png").stat().st_size > 1000
+    counts = json.loads((tmp_path / "st" / "counts.json").read_text())
+    assert counts["BLA"]["total"] == 5
+    assert "BLA" in capsys.readouterr().out

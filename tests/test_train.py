@@ -1,0 +1,68 @@
+"""Training end to end on synthetic cells with a tiny timm model: run folder, history, resume, errors."""
+
+import csv
+import json
+
+import pytest
+
+from marrowscope.artifacts import read_model_info
+from marrowscope.classes import CLASSES
+from marrowscope.config import TrainConfig
+from marrowscope.errors import MarrowscopeError
+from marrowscope.train import HISTORY_FIELDS, fit
+from tests.conftest import make_dataset
+
+
+def test_run_folder_contents(tiny_run):
+    for name in ("history.csv", "curves.png", "config_train.json", "manifest.csv", "checkpoints/last.ckpt"):
+        assert (tiny_run / name).is_file(), name
+    model = tiny_run / "model"
+    assert {"model.safetensors", "config.json", "history.csv", "manifest.csv"} <= {p.name for p in model.iterdir()}
+    info = read_model_info(model)
+    assert info.classes == list(CLASSES) and info.architecture == "test_efficientnet"
+    with open(tiny_run / "history.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert list(rows[0]) == HISTORY_FIELDS
+    assert all(0 <= float(r[k]) <= 1 for r in rows for k in ("train_acc", "train_f1", "val_acc", "val_f1"))
+    assert all(float(r["train_loss"]) > 0 for r in rows)
+    best = max(float(r["val_f1"]) for r in rows)
+    assert info.extra["best_val_f1"] == pytest.approx(best, abs=1e-3)  # best epoch by val macro-F1 was kept
+    assert json.loads((tiny_run / "config_train.json").read_text())["model"] == "test_efficientnet"
+
+
+def test_tiny_model_learns_the_synthetic_classes(tiny_run):
+    with open(tiny_run / "history.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+
+
+def _cfg(tmp_path, data, **kw):
+    base = dict(data=str(data), out=str(tmp_path / "run"), model="test_efficientnet", img_size=32, epochs=1,
+                batch_size=8, workers=0, accelerator="cpu")
+    return TrainConfig(**{**base, **kw})
+
+
+def test_existing_run_is_not_overwritten_and_resume_needs_a_checkpoint(tmp_path):
+    data = make_dataset(tmp_path / "cells", per_class=6)
+    with pytest.raises(MarrowscopeError, match="no checkpoint"):
+        fit(_cfg(tmp_path, data, resume=True))
+    fit(_cfg(tmp_path, data, epochs=1))
+    with pytest.raises(MarrowscopeError, match="--resume"):
+        fit(_cfg(tmp_path, data, epochs=2))
+
+
+def test_same_seed_same_metrics(tmp_path):
+    data = make_dataset(tmp_path / "cells", per_class=6)
+    runs = []
+    for k in range(2):
+        fit(_cfg(tmp_path, data, out=str(tmp_path / f"r{k}"), epochs=2))
+        with open(tmp_path / f"r{k}" / "history.csv") as fh:
+            runs.append([{f: r[f] for f in HISTORY_FIELDS[1:7]} for r in csv.DictReader(fh)])
+    assert runs[0] == runs[1]
+
+
+def test_class_without_images_is_an_error(tmp_path):
+    data = make_dataset(tmp_path / "cells", per_class=6, classes=CLASSES[:3])
+    with pytest.raises(MarrowscopeError, match="not found"):
+        fit(_cfg(tmp_path, data))
