@@ -92,6 +92,32 @@ def cmd_predict(a) -> None:
     print(f"wrote {a.out} and its _counts.csv")
 
 
+def cmd_app(a) -> None:
+    from marrowscope.app import launch
+
+    launch(a.model, host=a.host, port=a.port, examples_dir=a.examples, explain=not a.no_explain)
+
+
+def cmd_export_onnx(a) -> None:
+    from marrowscope.data import default_data_dir
+    from marrowscope.export import export_onnx
+    from marrowscope.predict import collect_images, resolve_model_dir
+
+    images, _ = collect_images(a.images) if a.images else ([], [])
+    if not images and default_data_dir():
+        images = [next((default_data_dir() / c).glob("*.jpg")) for c in CLASSES]
+    path, diff = export_onnx(resolve_model_dir(a.model), images[:64])
+    print(f"wrote {path}; largest probability difference to PyTorch on "
+          f"{len(images[:64]) or 'random'} {'real ' if images else ''}input(s): {diff:.2e}")
+
+
+def cmd_export_space(a) -> None:
+    from marrowscope.export import export_space
+
+    out = export_space(a.model, a.out_dir)
+    print(f"wrote a Hugging Face Space to {out}; try it with: cd {out} && python app.py")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from marrowscope.config import TrainConfig
 
@@ -161,6 +187,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="average over flips and 90-degree turns, 4x the compute (default: as the model folder says)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("app", help="launch the Gradio web app")
+    s.add_argument("--model", default=None, help="model folder (default: bundled model)")
+    s.add_argument("--host", default="127.0.0.1", help="interface to bind (default: this machine only)")
+    s.add_argument("--port", type=int, default=7860)
+    s.add_argument("--examples", default=None, help="class-folder tree to take example images from "
+                   "(default: ../shared/data/bone-marrow-7 if present)")
+    s.add_argument("--no-explain", action="store_true", help="skip Grad-CAM overlays")
+    s.set_defaults(func=cmd_app)
+
+    s = sub.add_parser("export-onnx", help="write model.onnx into the model folder, checked against PyTorch")
+    s.add_argument("model", nargs="?", default=None, help="model folder (default: bundled model)")
+    s.add_argument("--images", nargs="*", default=None, help="images or folders to check on "
+                   "(default: one per class from ../shared/data/bone-marrow-7 if present, else random input)")
+    s.set_defaults(func=cmd_export_onnx)
+
+    s = sub.add_parser("export-space", help="write a folder ready to push as a Hugging Face Space")
+    s.add_argument("model", nargs="?", default=None, help="model folder (default: bundled model)")
+    s.add_argument("out_dir")
+    s.set_defaults(func=cmd_export_space)
     return p
 
 

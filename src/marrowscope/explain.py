@@ -1,0 +1,49 @@
+"""Grad-CAM: where in the cell the network looked for the class it chose (pytorch-grad-cam)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from PIL import Image
+
+from marrowscope.artifacts import load_model_folder
+from marrowscope.images import ImageSource, decode_image
+from marrowscope.model import gradcam_target_layer
+from marrowscope.transforms import eval_transform
+
+
+class Explainer:
+    """Grad-CAM heatmaps of a model folder's network (always PyTorch: gradients are needed)."""
+
+    def __init__(self, model_dir: str | Path):
+        from pytorch_grad_cam import GradCAM
+
+        self.net, self.info = load_model_folder(model_dir)
+        self.transform = eval_transform(self.info.data_config)
+        self.size = tuple(self.info.data_config["input_size"][1:])
+        self.cam = GradCAM(model=self.net, target_layers=[gradcam_target_layer(self.net)])
+        self._lock = threading.Lock()  # the CAM's hooks hold per-call state
+
+    def heatmap(self, src: ImageSource, class_index: Optional[int] = None) -> tuple[np.ndarray, int]:
+        """A [H, W] map in [0, 1] at the model's input size, for ``class_index`` (default: predicted)."""
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+        x = self.transform(decode_image(src)).unsqueeze(0)
+        with self._lock:
+            if class_index is None:
+                with torch.no_grad():
+                    class_index = int(self.net(x).argmax(1))
+            cam = self.cam(input_tensor=x, targets=[ClassifierOutputTarget(class_index)])[0]
+        return cam, class_index
+
+    def overlay(self, src: ImageSource, class_index: Optional[int] = None, weight: float = 0.55) -> Image.Image:
+        """The cell with the heatmap blended over it (red: most evidence for the class)."""
+        from pytorch_grad_cam.utils.image import show_cam_on_image
+
+        cam, _ = self.heatmap(src, class_index)
+        rgb = np.asarray(decode_image(src).resize(self.size[::-1], Image.BICUBIC), dtype=np.float32) / 255.0
+        return Image.fromarray(show_cam_on_image(rgb, cam, use_rgb=True, image_weight=weight))

@@ -1,0 +1,134 @@
+"""Exports that check themselves: ONNX (compared with PyTorch) and a Hugging Face Space folder."""
+
+from __future__ import annotations
+
+import shutil
+import textwrap
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from marrowscope.artifacts import load_model_folder
+from marrowscope.errors import MarrowscopeError
+from marrowscope.images import ImageSource, decode_image
+from marrowscope.transforms import eval_transform
+
+
+def export_onnx(model_dir: str | Path, images: Sequence[ImageSource] = (), opset: int = 18,
+                atol: float = 1e-4) -> tuple[Path, float]:
+    """Write ``model.onnx`` (dynamic batch) into the model folder and check it against PyTorch.
+
+    The check runs both on ``images`` (real cells where given, else random input) and compares
+    softmax probabilities; the file is kept only when they agree within ``atol``.
+
+    Returns:
+        the ONNX path and the largest probability difference seen.
+    """
+    import onnxruntime as ort
+
+    model_dir = Path(model_dir)
+    net, info = load_model_folder(model_dir)
+    h, w = info.data_config["input_size"][1:]
+    if images:
+        t = eval_transform(info.data_config)
+        x = torch.stack([t(decode_image(im)) for im in images])
+    else:
+        x = torch.randn(4, 3, h, w)
+    tmp = model_dir / "model.onnx.tmp"
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    torch.onnx.export(net, (x[:2],), str(tmp), input_names=["image"], output_names=["logits"], opset_version=opset,
+                      dynamic_shapes={"x": {0: batch}}, dynamo=True, external_data=False, verbose=False)
+    sess = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+    with torch.inference_mode():
+        ref = torch.softmax(net(x), 1).numpy()
+    logits = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    got = np.exp(logits - logits.max(1, keepdims=True))
+    got /= got.sum(1, keepdims=True)
+    diff = float(np.abs(got - ref).max())
+    if diff > atol:
+        tmp.unlink()
+        raise MarrowscopeError(f"ONNX export of '{model_dir}' disagrees with PyTorch by {diff:.2e} (> {atol}); "
+                               "not written.")
+    out = model_dir / "model.onnx"
+    tmp.replace(out)
+    return out, diff
+
+
+SPACE_APP = '''\
+"""Hugging Face Space entry point: serves marrowscope's app on the model folder beside it."""
+import os
+
+from marrowscope.app import launch
+
+if __name__ == "__main__":
+    # Spaces set GRADIO_SERVER_NAME=0.0.0.0; run locally it stays on this machine only.
+    launch("model", host=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+           port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")), examples_dir="examples")
+'''
+
+SPACE_REQUIREMENTS = """\
+torch
+torchvision
+timm>=1.0.20
+safetensors
+numpy
+pillow
+matplotlib
+grad-cam>=1.5
+onnxruntime
+gradio=={gradio}
+"""
+
+
+def export_space(model_dir: Optional[str | Path], out_dir: str | Path,
+                 examples: Sequence[str | Path] = ()) -> Path:
+    """Write a folder that runs as a Gradio Space: ``app.py``, ``requirements.txt``, ``README.md``
+    with the Space metadata, the ``marrowscope`` package and the model folder (``model/``)."""
+    import gradio
+
+    from marrowscope.predict import resolve_model_dir
+
+    src = resolve_model_dir(model_dir)
+    _, info = load_model_folder(src)  # refuse to ship a broken model folder
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise MarrowscopeError(f"'{out}' exists and is not empty; choose a new folder for the Space.")
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(src, out / "model", ignore=shutil.ignore_patterns("*.tmp", "predictions.csv"))
+    pkg = Path(__file__).resolve().parent
+    shutil.copytree(pkg, out / "marrowscope", ignore=shutil.ignore_patterns("__pycache__"))
+    if examples:
+        (out / "examples").mkdir()
+        for e in examples:
+            target = out / "examples" / Path(e).parent.name
+            target.mkdir(exist_ok=True)
+            shutil.copy(e, target)
+    (out / "app.py").write_text(SPACE_APP)
+    (out / "requirements.txt").write_text(SPACE_REQUIREMENTS.format(gradio=gradio.__version__))
+    (out / "README.md").write_text(textwrap.dedent(f"""\
+        ---
+        title: marrowscope
+        emoji: 🔬
+        colorFrom: indigo
+        colorTo: pink
+        sdk: gradio
+        sdk_version: {gradio.__version__}
+        app_file: app.py
+        pinned: false
+        license: apache-2.0
+        ---
+
+        # marrowscope: bone-marrow cell classifier
+
+        Upload a single-cell crop of a May-Grünwald-Giemsa stained bone-marrow smear; the app shows
+        the three most likely of {len(info.classes)} cell types ({", ".join(info.classes)}), a Grad-CAM
+        map, batch differential counts and the model's test metrics. Research and education only;
+        not a medical device. Model: `{info.architecture}`; see `model/MODEL_CARD.md`.
+
+        Trained on images of the Bone Marrow Cytomorphology collection (Matek et al., 2021, CC BY 4.0):
+        Matek C. et al., Blood 138(20):1917-1927, https://doi.org/10.1182/blood.2020010568 and
+        https://doi.org/10.7937/TCIA.AXH3-T579
+        """))
+    return out

@@ -1,0 +1,158 @@
+"""The app: handlers as plain functions, the launched app through gradio_client, the Space export."""
+
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import gradio as gr
+import pytest
+from PIL import Image
+
+from marrowscope.app import batch, build_demo, classify, export_review, model_views
+from marrowscope.classes import CLASSES
+from marrowscope.predict import Predictor
+from tests.conftest import synthetic_cell
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_model):
+    return Predictor(tiny_model, backend="torch")
+
+
+@pytest.fixture(scope="module")
+def explainer(tiny_model):
+    from marrowscope.explain import Explainer
+
+    return Explainer(tiny_model)
+
+
+def _save(tmp_path, name, im=None):
+    p = tmp_path / name
+    (im or synthetic_cell(1, 3)).save(p)
+    return str(p)
+
+
+def test_classify_top3_overlay_and_review_flag(predictor, explainer, tmp_path):
+    top, overlay, advice = classify(predictor, explainer, _save(tmp_path, "a.png"), review_below=1.01)
+    assert len(top) == 3 and all("(" in k for k in top)  # full names with codes
+    assert list(top.values()) == sorted(top.values(), reverse=True) and sum(top.values()) <= 1 + 1e-6
+    assert overlay.size == (32, 32)
+    assert "Review by a person" in advice
+    _, _, advice = classify(predictor, None, _save(tmp_path, "b.png"), review_below=0.0)
+    assert "Most likely" in advice
+
+
+@pytest.mark.parametrize("content", [b"", b"%PDF-1.4 not an image", b"\xff\xd8\xff\xe0 truncated"])
+def test_classify_bad_upload_is_a_sentence(predictor, tmp_path, content):
+    p = tmp_path / "bad.jpg"
+    p.write_bytes(content)
+    with pytest.raises(gr.Error) as exc:
+        classify(predictor, None, str(p))
+    assert "bad.jpg" in exc.value.message and str(tmp_path) not in exc.value.message
+
+
+def test_batch_with_zip_and_bad_file_then_review_export(predictor, tmp_path):
+    good = [_save(tmp_path, f"c{k}.png", synthetic_cell(k, k)) for k in range(3)]
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    z = tmp_path / "more.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        for k in range(2):
+            b = io.BytesIO()
+            synthetic_cell(k + 3, k).save(b, "PNG")
+            zf.writestr(f"../../evil/c{k}.png", b.getvalue())  # a path that must not be extracted
+        zf.writestr("readme.txt", "not an image")
+    rows, counts, fig, downloads, note, review, state = batch(predictor, [*good, str(bad), str(z)])
+    assert len(rows) == 6 and sum(c[1] for c in counts) == 5
+    assert "broken.png" in note and "1 problem" in note
+    assert all(Path(d).is_file() for d in downloads)
+    assert not (tmp_path.parent / "evil").exists()
+    review[0][3] = "PMO"  # a person corrects the first cell
+    files, msg = export_review(list(CLASSES), review, state)
+    assert "5 reviewed" in msg
+    with zipfile.ZipFile(files[0]) as zf:
+        names = zf.namelist()
+    assert any(n.startswith("PMO/") for n in names) and "labels.csv" in names
+    # the exported tree trains: it is a class-folder tree with a manifest beside it
+    from marrowscope.data import load_samples
+
+    samples, _ = load_samples(files[1])
+    assert len(samples) == 5 and samples[0].path.exists()
+
+
+def test_review_rejects_unknown_labels(predictor, tmp_path):
+    *_, review, state = batch(predictor, [_save(tmp_path, "a.png")])
+    review[0][3] = "XYZ"
+    with pytest.raises(gr.Error, match="XYZ"):
+        export_review(list(CLASSES), review, state)
+
+
+def test_model_views_read_the_folder(tiny_model):
+    v = model_views(tiny_model)
+    assert v["curves"].endswith("curves.png")
+    assert "no test report" in v["metrics_note"] and "MODEL_CARD" in v["card"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_launched_app_through_gradio_client(predictor, explainer, tmp_path):
+    from gradio_client import Client, handle_file
+
+    demo = build_demo(predictor, explainer=explainer)
+    demo.queue()
+    port = _free_port()
+    demo.launch(prevent_thread_lock=True, server_port=port, max_file_size="1mb")
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        top, _, _ = client.predict(handle_file(_save(tmp_path, "a.png")), api_name="/classify")
+        confs = [c["confidence"] for c in top["confidences"]]
+        assert len(confs) == 3 and confs == sorted(confs, reverse=True) and sum(confs) <= 1 + 1e-6
+        bad = tmp_path / "bad.png"
+        bad.write_bytes(b"nope")
+        with pytest.raises(Exception, match="not an image format"):
+            client.predict(handle_file(str(bad)), api_name="/classify")
+        big = tmp_path / "big.bmp"
+        Image.new("RGB", (1000, 1000)).save(big)  # 3 MB, above this app's 1 MB limit
+        with pytest.raises(Exception):
+            client.predict(handle_file(str(big)), api_name="/classify")
+        top, _, _ = client.predict(handle_file(_save(tmp_path, "b.png")), api_name="/classify")  # still serving
+        assert len(top["confidences"]) == 3
+    finally:
+        demo.close()
+
+
+@pytest.mark.slow
+def test_export_space_serves_the_same_app(tiny_model, tmp_path):
+    from gradio_client import Client, handle_file
+
+    from marrowscope.export import export_space
+
+    out = export_space(tiny_model, tmp_path / "space", examples=[_save(tmp_path, "ex.png")])
+    readme = (out / "README.md").read_text()
+    assert readme.startswith("---\n") and "sdk: gradio" in readme and "app_file: app.py" in readme
+    assert {"app.py", "requirements.txt", "model", "marrowscope"} <= {p.name for p in out.iterdir()}
+    port = _free_port()
+    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "PYTHONPATH": ""}
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=out, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+                break
+            except Exception:
+                time.sleep(1)
+        top, _, _ = client.predict(handle_file(_save(tmp_path, "a.png")), api_name="/classify")
+        assert len(top["confidences"]) == 3
+    finally:
+        proc.kill()

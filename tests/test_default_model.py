@@ -1,0 +1,37 @@
+"""The bundled default model: its labels, its ONNX twin, and real cells it must get right."""
+
+import json
+
+import pytest
+
+from marrowscope.artifacts import DEFAULT_MODEL, read_model_info
+from marrowscope.classes import CLASSES
+from marrowscope.data import read_manifest
+from marrowscope.predict import Predictor
+
+
+def test_config_lists_the_seven_classes_in_order():
+    info = read_model_info(DEFAULT_MODEL)
+    assert info.classes == list(CLASSES)
+    assert info.architecture == "tf_efficientnet_lite0"
+    size = sum(p.stat().st_size for p in DEFAULT_MODEL.rglob("*") if p.is_file())
+    assert size < 40 * 2**20
+
+
+def test_shipped_test_report_matches_the_bar():
+    m = json.loads((DEFAULT_MODEL / "test_report" / "metrics.json").read_text())
+    assert m["split"] == "test" and m["images"] == 525 and m["overlap_with_training"] == 0
+    assert m["macro_f1"] >= 0.85
+
+
+def test_classifies_real_test_images(real_data):
+    """Five test-split images per class (never seen in training or model choice), both backends."""
+    samples = [s for s in read_manifest(DEFAULT_MODEL / "manifest.csv", data_root=real_data) if s.split == "test"]
+    picked = [s for c in CLASSES for s in [x for x in samples if x.label == c][:5]]
+    for backend in ("onnx", "torch"):
+        p = Predictor(backend=backend)
+        preds = [next(iter(p.predict(s.path))) for s in picked]
+        correct = sum(pred == s.label for pred, s in zip(preds, picked))
+        assert correct / len(picked) >= 0.75, (backend, correct)
+    eos = [s for s in picked if s.label == "EOS"]
+    assert all(next(iter(Predictor().predict(s.path))) == "EOS" for s in eos)  # the easiest class: all right
