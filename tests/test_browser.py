@@ -1,0 +1,51 @@
+"""One real browser: headless Debian Chromium (driven by Playwright) uploads a real cell image to the
+app on the bundled model, sees the top-3 labels, and saves a screenshot."""
+
+import shutil
+import socket
+
+import pytest
+
+from marrowscope.app import build_demo
+from marrowscope.predict import Predictor
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (make test installs it)")
+def test_upload_shows_top3(real_data, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    from marrowscope.explain import Explainer
+
+    predictor = Predictor()
+    demo = build_demo(predictor, explainer=Explainer(predictor.model_dir))
+    demo.queue()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo.launch(prevent_thread_lock=True, server_port=port)
+    image = real_data / "EOS" / "EOS_00003.jpg"
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+                "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.goto(f"http://127.0.0.1:{port}/", wait_until="load")
+            page.locator("input[type=file]").first.wait_for(state="attached", timeout=60_000)
+            page.locator("input[type=file]").first.set_input_files(str(image))
+            page.get_by_role("button", name="Classify", exact=True).click()
+            page.get_by_text("Eosinophil (EOS)").first.wait_for(timeout=60_000)
+            page.wait_for_timeout(500)
+            shot = tmp_path / "app.png"
+            page.screenshot(path=str(shot), full_page=True)
+            text = page.inner_text("body")
+            browser.close()
+        assert "Most likely" in text
+        assert sum(name in text for name in ("Blast", "Eosinophil", "Lymphocyte", "Monocyte", "Segmented neutrophil",
+                                             "Not identifiable", "Promyelocyte")) >= 3
+        assert shot.stat().st_size > 10_000
+        shutil.copy(shot, "/tmp/marrowscope-browser-test.png")
+    finally:
+        demo.close()
