@@ -126,6 +126,20 @@ def test_launched_app_through_gradio_client(predictor, explainer, tmp_path):
             client.predict(handle_file(str(big)), api_name="/classify")
         top, _, _ = client.predict(handle_file(_save(tmp_path, "b.png")), api_name="/classify")  # still serving
         assert len(top["confidences"]) == 3
+        import urllib.error
+        import urllib.request
+
+        secret = tmp_path / "secret.txt"
+        secret.write_text("not for the web")
+        for path in ("/etc/passwd", str(secret), str(predictor.model_dir / "model.safetensors")):
+            for route in ("gradio_api/file=", "file="):
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/{route}{path}") as r:
+                        body = r.read()
+                except urllib.error.HTTPError as exc:
+                    assert exc.code in (403, 404), (route, path, exc.code)
+                else:
+                    pytest.fail(f"the app served {path} ({len(body)} bytes) through /{route}")
     finally:
         demo.close()
 

@@ -96,3 +96,27 @@ def test_evaluate_names_split_and_refuses_unknown_classes(predictor, tmp_path, t
     other = make_dataset(tmp_path / "other", per_class=3, classes=("BLA", "XYZ"))
     with pytest.raises(MarrowscopeError, match="XYZ"):
         evaluate(predictor, other, "all")
+
+
+def test_temperature_fit_recovers_a_known_scale():
+    from marrowscope.calibrate import fit_temperature
+    from marrowscope.predict import probs_from_logits
+
+    rng = np.random.default_rng(0)
+    true_logits = rng.normal(0, 3, (4000, 5))
+    y = np.array([rng.choice(5, p=p) for p in probs_from_logits(true_logits[None])])
+    # a network twice as confident as it should be: the fitted temperature undoes it
+    assert fit_temperature(2.0 * true_logits[None], y) == pytest.approx(2.0, rel=0.1)
+
+
+def test_calibrate_writes_temperature_and_refuses_test(tmp_path, tiny_run):
+    import shutil
+
+    from marrowscope.calibrate import calibrate
+
+    model = shutil.copytree(tiny_run / "model", tmp_path / "m")
+    with pytest.raises(MarrowscopeError, match="not on test"):
+        calibrate(Predictor(model), tiny_run / "manifest.csv", "test")
+    r = calibrate(Predictor(model), tiny_run / "manifest.csv", "val")
+    assert Predictor(model).temperature == pytest.approx(r["temperature"], abs=1e-4)
+    assert 0.25 <= r["temperature"] <= 8 and r["split"] == "val" and r["images"] > 0

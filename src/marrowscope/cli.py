@@ -81,6 +81,17 @@ def cmd_evaluate(a) -> None:
     print(f"wrote {a.out}/metrics.json, confusion_matrix.png, reliability.png, predictions.csv")
 
 
+def cmd_calibrate(a) -> None:
+    from marrowscope.calibrate import calibrate
+    from marrowscope.predict import Predictor
+
+    r = calibrate(Predictor(a.model, backend=a.backend), _data_arg(a.data), a.split, seed=a.seed,
+                  data_root=a.data_root)
+    print(f"temperature {r['temperature']:.3f} fitted on {r['images']} images of the {r['split']} split "
+          f"(TTA {'on' if r['tta'] else 'off'}): expected calibration error {r['ece_before']:.4f} -> "
+          f"{r['ece_after']:.4f}; written to the model's config.json")
+
+
 def cmd_predict(a) -> None:
     from marrowscope.predict import Predictor
     from marrowscope.report import run_batch
@@ -174,6 +185,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="average over flips and 90-degree turns, 4x the compute (default: as the model folder says)")
     s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("calibrate", help="fit a softmax temperature on validation images")
+    s.add_argument("model", nargs="?", default=None, help="model folder (default: bundled model)")
+    s.add_argument("data", nargs="?", default=None, help="class-folder tree or manifest")
+    s.add_argument("--split", default="val", choices=["val", "train"])
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--data-root", default=None)
+    s.add_argument("--backend", default="auto", choices=["auto", "onnx", "torch"])
+    s.set_defaults(func=cmd_calibrate)
 
     s = sub.add_parser("predict", help="classify images and count cells per class")
     s.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")

@@ -36,6 +36,14 @@ class Prediction:
         return top_k(self.probs, classes, k) if self.probs is not None else []
 
 
+def probs_from_logits(view_logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """[V, N, C] logits -> [N, C]: softmax of logits / temperature, averaged over the V views."""
+    z = view_logits / temperature
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=-1, keepdims=True)).mean(axis=0)
+
+
 def top_k(probs: np.ndarray, classes: Sequence[str], k: int = 3) -> list[tuple[str, float]]:
     """The k most probable classes, most probable first."""
     order = np.argsort(-probs, kind="stable")[:k]
@@ -70,6 +78,8 @@ class Predictor:
         self.transform = eval_transform(self.info.data_config)
         # None: as the model folder says (its card reports metrics with that setting)
         self.tta = bool(self.info.extra.get("tta", False)) if tta is None else tta
+        # fitted on validation images by `marrowscope calibrate`; 1.0 = the network's own softmax
+        self.temperature = float(self.info.extra.get("temperature", 1.0))
         onnx_path = self.model_dir / "model.onnx"
         if backend == "onnx" and not onnx_path.is_file():
             raise MarrowscopeError(f"--backend onnx: '{onnx_path}' is missing; run `marrowscope export-onnx "
@@ -97,22 +107,21 @@ class Predictor:
 
     def probs_of_batch(self, batch: torch.Tensor) -> np.ndarray:
         """[N, 3, H, W] tensor -> [N, C] probabilities (averaged over 4 views with ``tta``)."""
-        if not self.tta:
-            return self._probs(batch)
-        # A cell has no orientation: the mean over identity, flip, and two 90-degree turns.
-        views = [batch, batch.flip(3), batch.rot90(1, (2, 3)), batch.flip(3).rot90(1, (2, 3))]
-        n = len(batch)
-        return self._probs(torch.cat(views)).reshape(4, n, -1).mean(axis=0)
+        return probs_from_logits(self.view_logits(batch), self.temperature)
 
-    def _probs(self, batch: torch.Tensor) -> np.ndarray:
+    def view_logits(self, batch: torch.Tensor) -> np.ndarray:
+        """[V, N, C] logits: V = 1, or 4 views with ``tta`` (a cell has no orientation: identity,
+        mirror, and two 90-degree turns)."""
+        if not self.tta:
+            return self._logits(batch)[None]
+        views = [batch, batch.flip(3), batch.rot90(1, (2, 3)), batch.flip(3).rot90(1, (2, 3))]
+        return self._logits(torch.cat(views)).reshape(4, len(batch), -1)
+
+    def _logits(self, batch: torch.Tensor) -> np.ndarray:
         if self.backend == "onnx":
-            logits = self.session.run(None, {self.input_name: batch.numpy()})[0]
-            logits = logits - logits.max(axis=1, keepdims=True)
-            e = np.exp(logits)
-            return e / e.sum(axis=1, keepdims=True)
+            return self.session.run(None, {self.input_name: batch.numpy()})[0]
         with torch.inference_mode():
-            logits = self.net(batch.contiguous(memory_format=torch.channels_last))
-            return torch.softmax(logits.float(), dim=1).numpy()
+            return self.net(batch.contiguous(memory_format=torch.channels_last)).float().numpy()
 
     def predict(self, src: ImageSource) -> dict[str, float]:
         """One image -> {class: probability} over all classes, most probable first.
