@@ -2,7 +2,6 @@
 
 import json
 
-import pytest
 
 from marrowscope.artifacts import DEFAULT_MODEL, read_model_info
 from marrowscope.classes import CLASSES

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from marrowscope.classes import CLASSES
 from marrowscope.errors import ImageDecodeError, MarrowscopeError

@@ -8,7 +8,6 @@ library errors become ``gr.Error`` sentences, never tracebacks.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import shutil
 import tempfile
@@ -17,10 +16,9 @@ from pathlib import Path
 from typing import Optional
 
 import gradio as gr
-import numpy as np
 
 from marrowscope.classes import FULL_NAMES, display_name
-from marrowscope.data import Sample, count_table, read_manifest, split_samples
+from marrowscope.data import Sample, count_table, manifest_rows, split_samples
 from marrowscope.errors import MarrowscopeError
 from marrowscope.images import IMAGE_EXTENSIONS
 from marrowscope.predict import Predictor
@@ -212,11 +210,7 @@ def data_views(model_dir: Path, classes: list[str]):
     manifest = model_dir / "manifest.csv"
     if not manifest.is_file():
         return None, [], "This model folder has no manifest.csv, so its training data cannot be shown."
-    with open(manifest, newline="") as fh:
-        first = fh.readline()
-        if not first.startswith("# root:"):
-            fh.seek(0)
-        samples = [Sample(Path(r["path"]), r["label"], r["split"]) for r in csv.DictReader(fh)]
+    samples = [Sample(Path(r["path"]), r["label"], r["split"]) for r in manifest_rows(manifest)[1]]
     table = count_table(samples, classes)
     from marrowscope.plots import distribution_figure
 

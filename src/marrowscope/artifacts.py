@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import timm
-import torch
 from torch import nn
 
 from marrowscope.errors import MarrowscopeError

@@ -174,8 +174,8 @@ def write_manifest(samples: Sequence[Sample], path: str | Path, root: str | Path
     return path
 
 
-def read_manifest(path: str | Path, data_root: Optional[str | Path] = None) -> list[Sample]:
-    """Read a manifest; ``data_root`` replaces the recorded root (for a dataset that moved)."""
+def manifest_rows(path: str | Path) -> tuple[Optional[str], list[dict]]:
+    """The root recorded on a manifest's first line (if any) and its rows, paths not resolved."""
     path = Path(path)
     with open(path, newline="") as fh:
         first = fh.readline()
@@ -185,6 +185,13 @@ def read_manifest(path: str | Path, data_root: Optional[str | Path] = None) -> l
         rows = list(csv.DictReader(fh))
     if not rows or not {"path", "label", "split"} <= set(rows[0]):
         raise MarrowscopeError(f"'{path}' is not a marrowscope manifest (expected columns path, label, split, sha256).")
+    return recorded, rows
+
+
+def read_manifest(path: str | Path, data_root: Optional[str | Path] = None) -> list[Sample]:
+    """Read a manifest; ``data_root`` replaces the recorded root (for a dataset that moved)."""
+    path = Path(path)
+    recorded, rows = manifest_rows(path)
     root = Path(data_root) if data_root else Path(recorded) if recorded else path.parent
     if not data_root and not root.is_dir() and recorded and Path(recorded).name == DEFAULT_DATA.name \
             and default_data_dir():

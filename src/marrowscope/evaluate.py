@@ -13,7 +13,7 @@ from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_
                              precision_recall_fscore_support)
 
 from marrowscope.artifacts import check_classes
-from marrowscope.data import Sample, load_samples, sha256_of
+from marrowscope.data import Sample, load_samples, manifest_rows, sha256_of
 from marrowscope.errors import MarrowscopeError
 from marrowscope.predict import Predictor
 
@@ -75,9 +75,7 @@ def _training_hashes(model_dir: Path) -> set[str]:
     manifest = model_dir / "manifest.csv"
     if not manifest.is_file():
         return set()
-    with open(manifest, newline="") as fh:
-        fh.readline()
-        return {r["sha256"] for r in csv.DictReader(fh) if r.get("split") == "train" and r.get("sha256")}
+    return {r["sha256"] for r in manifest_rows(manifest)[1] if r.get("split") == "train" and r.get("sha256")}
 
 
 def evaluate(predictor: Predictor, data: str | Path, split: str = "test", out_dir: Optional[str | Path] = None,
