@@ -30,6 +30,19 @@ def _data_arg(value: str | None) -> str:
     return str(found)
 
 
+def _launch(a) -> dict | None:
+    """Lightning launch settings where the user asked for more than one process, else None."""
+    if a.devices * a.num_nodes == 1 and a.accelerator in ("auto", "cpu"):
+        return None
+    return {"devices": a.devices, "num_nodes": a.num_nodes, "accelerator": a.accelerator}
+
+
+def _add_launch_flags(s) -> None:
+    s.add_argument("--devices", type=int, default=1, help="processes (GPUs) per node, through Lightning DDP")
+    s.add_argument("--num-nodes", type=int, default=1)
+    s.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu", "cuda", "mps"])
+
+
 def cmd_prepare(a) -> None:
     from marrowscope.data import count_table, duplicate_groups, format_skipped, format_table, prepare, write_manifest
 
@@ -74,7 +87,10 @@ def cmd_evaluate(a) -> None:
     from marrowscope.predict import Predictor
 
     predictor = Predictor(a.model, backend=a.backend, tta=a.tta)
-    m = evaluate(predictor, _data_arg(a.data), a.split, a.out, seed=a.seed, data_root=a.data_root)
+    m = evaluate(predictor, _data_arg(a.data), a.split, a.out, seed=a.seed, data_root=a.data_root,
+                 launch=_launch(a))
+    if m is None:  # a DDP rank other than 0: rank 0 reports
+        return
     print(format_report(m, predictor.classes))
     for u in m["unreadable"]:
         print(f"skipped {u['path']}: {u['reason']}", file=sys.stderr)
@@ -98,7 +114,9 @@ def cmd_predict(a) -> None:
 
     predictor = Predictor(a.model, backend=a.backend, tta=a.tta)
     result = run_batch(predictor, a.paths, a.out, top_k=a.top_k, review_below=a.review_below,
-                       batch_size=a.batch_size, progress=not a.quiet)
+                       batch_size=a.batch_size, progress=not a.quiet, launch=_launch(a))
+    if result is None:  # a DDP rank other than 0: rank 0 reports
+        return
     print(result.summary())
     print(f"wrote {a.out} and its _counts.csv")
 
@@ -184,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--backend", default="auto", choices=["auto", "onnx", "torch"])
     s.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="average over flips and 90-degree turns, 4x the compute (default: as the model folder says)")
+    _add_launch_flags(s)
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("calibrate", help="fit a softmax temperature on validation images")
@@ -206,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="average over flips and 90-degree turns, 4x the compute (default: as the model folder says)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_launch_flags(s)
     s.set_defaults(func=cmd_predict)
 
     s = sub.add_parser("app", help="launch the Gradio web app")

@@ -80,8 +80,11 @@ def _training_hashes(model_dir: Path) -> set[str]:
 
 def evaluate(predictor: Predictor, data: str | Path, split: str = "test", out_dir: Optional[str | Path] = None,
              seed: int = 0, val: float = 0.15, test: float = 0.15, data_root: Optional[str] = None,
-             batch_size: int = 32) -> dict:
+             batch_size: int = 32, launch: Optional[dict] = None) -> Optional[dict]:
     """Predict every image of ``split`` and write ``metrics.json``, ``predictions.csv`` and figures.
+
+    With ``launch`` (``devices``, ``num_nodes``, ``accelerator``) prediction runs over Lightning
+    DDP ranks and only global rank 0 returns the metrics (the others return None).
 
     The report names the data, split and image count, and how many evaluated images the model
     saw in training (by sha256 against the model folder's manifest).
@@ -95,7 +98,16 @@ def evaluate(predictor: Predictor, data: str | Path, split: str = "test", out_di
     classes = predictor.classes
     check_classes(predictor.info, {s.label for s in chosen}, f"'{data}'")
     index = {c: i for i, c in enumerate(classes)}
-    results = list(predictor.predict_many([s.path for s in chosen], batch_size=batch_size))
+    if launch:  # shared out over Lightning DDP ranks; rank 0 reports
+        from marrowscope.distributed import predict_distributed
+
+        work = Path(out_dir or ".") / "prediction_parts"
+        results = predict_distributed(predictor.model_dir, [s.path for s in chosen], work, batch_size=batch_size,
+                                      tta=predictor.tta, **launch)
+        if results is None:
+            return None
+    else:
+        results = list(predictor.predict_many([s.path for s in chosen], batch_size=batch_size))
     failed = [(s, r.error) for s, r in zip(chosen, results) if r.error]
     kept = [(s, r) for s, r in zip(chosen, results) if r.error is None]
     probs = np.stack([r.probs for _, r in kept])

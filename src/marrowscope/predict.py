@@ -36,6 +36,14 @@ class Prediction:
         return top_k(self.probs, classes, k) if self.probs is not None else []
 
 
+def tta_views(batch: torch.Tensor, tta: bool) -> torch.Tensor:
+    """The batch, or [batch; mirror; 90-degree turn; mirrored turn] stacked along the batch axis:
+    a cell has no orientation, so all four views should get the same answer."""
+    if not tta:
+        return batch
+    return torch.cat([batch, batch.flip(3), batch.rot90(1, (2, 3)), batch.flip(3).rot90(1, (2, 3))])
+
+
 def probs_from_logits(view_logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """[V, N, C] logits -> [N, C]: softmax of logits / temperature, averaged over the V views."""
     z = view_logits / temperature
@@ -110,12 +118,8 @@ class Predictor:
         return probs_from_logits(self.view_logits(batch), self.temperature)
 
     def view_logits(self, batch: torch.Tensor) -> np.ndarray:
-        """[V, N, C] logits: V = 1, or 4 views with ``tta`` (a cell has no orientation: identity,
-        mirror, and two 90-degree turns)."""
-        if not self.tta:
-            return self._logits(batch)[None]
-        views = [batch, batch.flip(3), batch.rot90(1, (2, 3)), batch.flip(3).rot90(1, (2, 3))]
-        return self._logits(torch.cat(views)).reshape(4, len(batch), -1)
+        """[V, N, C] logits: V = 1, or 4 views with ``tta``."""
+        return self._logits(tta_views(batch, self.tta)).reshape(4 if self.tta else 1, len(batch), -1)
 
     def _logits(self, batch: torch.Tensor) -> np.ndarray:
         if self.backend == "onnx":

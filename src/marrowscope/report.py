@@ -73,12 +73,26 @@ class BatchResult:
 
 
 def run_batch(predictor: Predictor, paths: Sequence[str | Path], out_csv: Optional[str | Path] = None,
-              top_k: int = 3, review_below: float = 0.6, batch_size: int = 32, progress: bool = False) -> BatchResult:
-    """Classify files and folders (recursive); unreadable files are reported, the rest classified."""
+              top_k: int = 3, review_below: float = 0.6, batch_size: int = 32, progress: bool = False,
+              launch: Optional[dict] = None) -> Optional[BatchResult]:
+    """Classify files and folders (recursive); unreadable files are reported, the rest classified.
+
+    With ``launch`` (``devices``, ``num_nodes``, ``accelerator``) the files are shared out over
+    Lightning DDP ranks; the result (and the CSV) comes from global rank 0, other ranks get None.
+    """
     files, missing = collect_images(paths)
     result = BatchResult(list(predictor.classes), top_k, review_below)
-    stream = predictor.predict_many(files, batch_size=batch_size)
-    if progress and len(files) > batch_size:
+    if launch:
+        from marrowscope.distributed import predict_distributed
+
+        work = Path(out_csv or "predictions.csv").with_suffix(".parts")
+        stream = predict_distributed(predictor.model_dir, files, work, batch_size=batch_size, tta=predictor.tta,
+                                     **launch)
+        if stream is None:
+            return None
+    else:
+        stream = predictor.predict_many(files, batch_size=batch_size)
+    if progress and len(files) > batch_size and not launch:
         from tqdm import tqdm
 
         stream = tqdm(stream, total=len(files), unit="img", desc="classifying")

@@ -1,0 +1,105 @@
+"""Prediction over several GPUs or nodes through the same Lightning launch as training (DDP).
+
+Each rank classifies its share of the files and writes it to ``<work>/rank<K>.csv`` (a
+``BasePredictionWriter``); after a barrier, rank 0 merges the shares in input order. For several
+nodes the work folder must be on a file system that every node sees.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Optional, Sequence
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+from torch.utils.data import DataLoader, Dataset
+
+from marrowscope.artifacts import load_model_folder
+from marrowscope.errors import ImageDecodeError, MarrowscopeError
+from marrowscope.images import decode_image
+from marrowscope.predict import Prediction, probs_from_logits, tta_views
+from marrowscope.transforms import eval_transform
+
+
+class _Files(Dataset):
+    def __init__(self, files: Sequence[Path], transform):
+        self.files, self.transform = list(files), transform
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, i):
+        try:
+            x, err = self.transform(decode_image(self.files[i])), ""
+        except ImageDecodeError as exc:
+            x, err = None, str(exc)
+        return x, i, err
+
+
+def _collate(items):
+    shape = next((x.shape for x, _, _ in items if x is not None), (3, 1, 1))
+    xs = torch.stack([x if x is not None else torch.zeros(shape) for x, _, _ in items])
+    return xs, torch.tensor([i for _, i, _ in items]), [e for _, _, e in items]
+
+
+class _Classifier(L.LightningModule):
+    def __init__(self, net, tta: bool, temperature: float):
+        super().__init__()
+        self.net, self.tta, self.temperature = net.to(memory_format=torch.channels_last), tta, temperature
+
+    def predict_step(self, batch, batch_idx):
+        x, idx, errors = batch
+        logits = self.net(tta_views(x, self.tta).contiguous(memory_format=torch.channels_last)).float()
+        probs = probs_from_logits(logits.reshape(4 if self.tta else 1, len(x), -1).cpu().numpy(), self.temperature)
+        return idx.tolist(), probs, errors
+
+
+class _RankWriter(BasePredictionWriter):
+    def __init__(self, work: Path):
+        super().__init__(write_interval="batch")
+        self.work = work
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
+        with open(self.work / f"rank{trainer.global_rank}.csv", "a", newline="") as fh:
+            w = csv.writer(fh)
+            for i, p, err in zip(*prediction):
+                w.writerow([i, err, *(f"{v:.8f}" for v in p)] if not err else [i, err])
+
+
+def predict_distributed(model_dir: Path, files: Sequence[Path], work: Path, *, devices: int = 1, num_nodes: int = 1,
+                        accelerator: str = "auto", batch_size: int = 32, workers: int = 2, tta: Optional[bool] = None,
+                        ) -> Optional[list[Prediction]]:
+    """Predictions of ``files`` in input order on global rank 0; ``None`` on the other ranks."""
+    net, info = load_model_folder(model_dir)
+    tta = bool(info.extra.get("tta", False)) if tta is None else tta
+    module = _Classifier(net, tta, float(info.extra.get("temperature", 1.0)))
+    work.mkdir(parents=True, exist_ok=True)
+    trainer = L.Trainer(accelerator=accelerator, devices=devices, num_nodes=num_nodes, logger=False,
+                        strategy="ddp" if devices * num_nodes > 1 else "auto", callbacks=[_RankWriter(work)],
+                        enable_model_summary=False, precision="32-true")
+    for old in work.glob(f"rank{trainer.global_rank}.csv"):
+        old.unlink()
+    loader = DataLoader(_Files(files, eval_transform(info.data_config)), batch_size=batch_size, num_workers=workers,
+                        collate_fn=_collate)
+    trainer.predict(module, loader, return_predictions=False)
+    trainer.strategy.barrier()
+    if trainer.global_rank != 0:
+        return None
+    got: dict[int, Prediction] = {}
+    for part in sorted(work.glob("rank*.csv")):
+        with open(part, newline="") as fh:
+            for row in csv.reader(fh):  # the sampler may repeat a few items to even out ranks
+                i = int(row[0])
+                got[i] = Prediction(str(files[i]), None, row[1]) if row[1] else \
+                    Prediction(str(files[i]), np.array([float(v) for v in row[2:]]), None)
+    import shutil
+
+    shutil.rmtree(work, ignore_errors=True)  # every rank has passed the barrier: the shares are merged
+    missing = [str(files[i]) for i in range(len(files)) if i not in got]
+    if missing:
+        raise MarrowscopeError(f"{len(missing)} file(s) got no prediction from any rank (first: {missing[0]}); "
+                               f"is '{work}' on a file system that every node sees?")
+    return [got[i] for i in range(len(files))]
