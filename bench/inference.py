@@ -102,9 +102,11 @@ def main():
     out = {"date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
            "cores": os.cpu_count(), "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
            "timm": timm.__version__, "model": str(model_dir), "threads": torch.get_num_threads(), "rows": []}
-    configs = [("torch", False), ("onnx", False), ("torch", True), ("onnx", True)]
+    from marrowscope.predict import ONNX_FILES
+
+    configs = [(b, tta) for tta in (False, True) for b in ("torch", "onnx", "onnx-int8")]
     for backend, tta in configs:
-        if backend == "onnx" and not (model_dir / "model.onnx").exists():
+        if backend in ONNX_FILES and not (model_dir / ONNX_FILES[backend]).exists():
             continue
         pred = Predictor(model_dir, backend=backend, tta=tta)
         med, p95 = latency(pred, files, a.runs)

@@ -135,9 +135,21 @@ def cmd_export_onnx(a) -> None:
     images, _ = collect_images(a.images) if a.images else ([], [])
     if not images and default_data_dir():
         images = [next((default_data_dir() / c).glob("*.jpg")) for c in CLASSES]
-    path, diff = export_onnx(resolve_model_dir(a.model), images[:64])
+    model_dir = resolve_model_dir(a.model)
+    path, diff = export_onnx(model_dir, images[:64])
     print(f"wrote {path}; largest probability difference to PyTorch on "
           f"{len(images[:64]) or 'random'} {'real ' if images else ''}input(s): {diff:.2e}")
+    if a.int8:
+        from marrowscope.data import read_manifest
+        from marrowscope.export import export_int8
+
+        manifest = model_dir / "manifest.csv"
+        train = [s.path for s in read_manifest(manifest, a.data_root) if s.split == "train"] if manifest.is_file() else []
+        if not train:
+            raise MarrowscopeError(f"--int8 calibrates on the training images of '{manifest}', which has none.")
+        out = export_int8(model_dir, train[:: max(1, len(train) // a.calibration_images)][: a.calibration_images])
+        print(f"wrote {out}, calibrated on {min(len(train), a.calibration_images)} training images; compare "
+              f"`evaluate --backend onnx-int8` with `--backend onnx` on the test split before shipping it")
 
 
 def cmd_export_space(a) -> None:
@@ -199,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.add_argument("--seed", type=int, default=0, help="seed of the on-the-fly split of a folder")
     s.add_argument("--data-root", default=None)
-    s.add_argument("--backend", default="auto", choices=["auto", "onnx", "torch"])
+    s.add_argument("--backend", default="auto", choices=["auto", "onnx", "onnx-int8", "torch"])
     s.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="average over flips and 90-degree turns, 4x the compute (default: as the model folder says)")
     _add_launch_flags(s)
@@ -211,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--split", default="val", choices=["val", "train"])
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--data-root", default=None)
-    s.add_argument("--backend", default="auto", choices=["auto", "onnx", "torch"])
+    s.add_argument("--backend", default="auto", choices=["auto", "onnx", "onnx-int8", "torch"])
     s.set_defaults(func=cmd_calibrate)
 
     s = sub.add_parser("predict", help="classify images and count cells per class")
@@ -221,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--top-k", type=int, default=3)
     s.add_argument("--review-below", type=float, default=0.6, help="flag cells whose top probability is lower")
     s.add_argument("--batch-size", type=int, default=32)
-    s.add_argument("--backend", default="auto", choices=["auto", "onnx", "torch"])
+    s.add_argument("--backend", default="auto", choices=["auto", "onnx", "onnx-int8", "torch"])
     s.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="average over flips and 90-degree turns, 4x the compute (default: as the model folder says)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -241,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model", nargs="?", default=None, help="model folder (default: bundled model)")
     s.add_argument("--images", nargs="*", default=None, help="images or folders to check on "
                    "(default: one per class from ../shared/data/bone-marrow-7 if present, else random input)")
+    s.add_argument("--int8", action="store_true", help="also write model.int8.onnx (static INT8, ONNX Runtime)")
+    s.add_argument("--calibration-images", type=int, default=200, help="training images for INT8 calibration")
+    s.add_argument("--data-root", default=None, help="where the model manifest's images live now")
     s.set_defaults(func=cmd_export_onnx)
 
     s = sub.add_parser("export-space", help="write a folder ready to push as a Hugging Face Space")

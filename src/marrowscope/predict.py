@@ -21,7 +21,8 @@ from marrowscope.errors import ImageDecodeError, MarrowscopeError
 from marrowscope.images import ImageSource, decode_image, is_image_path
 from marrowscope.transforms import eval_transform
 
-BACKENDS = ("auto", "onnx", "torch")
+BACKENDS = ("auto", "onnx", "onnx-int8", "torch")
+ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
 
 
 @dataclass
@@ -88,21 +89,24 @@ class Predictor:
         self.tta = bool(self.info.extra.get("tta", False)) if tta is None else tta
         # fitted on validation images by `marrowscope calibrate`; 1.0 = the network's own softmax
         self.temperature = float(self.info.extra.get("temperature", 1.0))
-        onnx_path = self.model_dir / "model.onnx"
-        if backend == "onnx" and not onnx_path.is_file():
-            raise MarrowscopeError(f"--backend onnx: '{onnx_path}' is missing; run `marrowscope export-onnx "
+        if backend == "auto":  # the fastest that is there: INT8 (shipped only if accuracy held), fp32, PyTorch
+            backend = next((b for b in ("onnx-int8", "onnx") if (self.model_dir / ONNX_FILES[b]).is_file()), "torch")
+            backend = backend if backend == "torch" or _has_ort() else "torch"
+        if backend in ONNX_FILES and not (self.model_dir / ONNX_FILES[backend]).is_file():
+            raise MarrowscopeError(f"--backend {backend}: '{self.model_dir / ONNX_FILES[backend]}' is missing; run "
+                                   f"`marrowscope export-onnx{' --int8' if backend == 'onnx-int8' else ''} "
                                    f"{self.model_dir}` first.")
-        self.backend = "onnx" if backend == "onnx" or (backend == "auto" and onnx_path.is_file() and _has_ort()) \
-            else "torch"
+        self.backend = backend
         if threads:
             torch.set_num_threads(threads)
-        if self.backend == "onnx":
+        if self.backend in ONNX_FILES:
             import onnxruntime as ort
 
             opts = ort.SessionOptions()
             if threads:
                 opts.intra_op_num_threads = threads
-            self.session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(str(self.model_dir / ONNX_FILES[self.backend]), opts,
+                                                providers=["CPUExecutionProvider"])
             self.input_name = self.session.get_inputs()[0].name
             self.net = None
         else:
@@ -122,7 +126,7 @@ class Predictor:
         return self._logits(tta_views(batch, self.tta)).reshape(4 if self.tta else 1, len(batch), -1)
 
     def _logits(self, batch: torch.Tensor) -> np.ndarray:
-        if self.backend == "onnx":
+        if self.backend in ONNX_FILES:
             return self.session.run(None, {self.input_name: batch.numpy()})[0]
         with torch.inference_mode():
             return self.net(batch.contiguous(memory_format=torch.channels_last)).float().numpy()
