@@ -42,33 +42,35 @@ def plot_history(history_csv: str | Path, out: str | Path) -> Path:
     return _save(history_figure(history_csv), out)
 
 
+def _bars(ax, counts: dict[str, int], title: str) -> None:
+    ax.bar_label(ax.bar(list(counts), list(counts.values()), color=plt.cm.tab10.colors[: len(counts)]))
+    ax.set_ylabel("images")
+    ax.set_title(title)
+
+
+def _pie(ax, counts: dict[str, int], title: str) -> None:
+    if sum(counts.values()) > 0:
+        ax.pie(list(counts.values()), labels=list(counts), autopct="%1.1f%%",
+               colors=plt.cm.tab10.colors[: len(counts)])
+    ax.set_title(title)
+
+
 def distribution_figure(counts: dict[str, int], title: str = "images per class"):
-    """Bar chart and pie chart of images per class, side by side."""
-    labels, values = list(counts), list(counts.values())
+    """Bar chart and pie chart of images per class, side by side (the app's Data view)."""
     fig, (bar, pie) = plt.subplots(1, 2, figsize=(12, 4.5))
-    bars = bar.bar(labels, values, color=plt.cm.tab10.colors[: len(labels)])
-    bar.bar_label(bars)
-    bar.set_ylabel("images")
-    bar.set_title(title)
-    if sum(values) > 0:
-        pie.pie(values, labels=labels, autopct="%1.1f%%", colors=plt.cm.tab10.colors[: len(labels)])
-    pie.set_title("share of images")
+    _bars(bar, counts, title)
+    _pie(pie, counts, "share of images")
     return fig
 
 
 def plot_distribution(counts: dict[str, int], out_dir: str | Path, title: str = "images per class") -> list[Path]:
     """Write ``class_bar.png`` and ``class_pie.png``."""
     out_dir = Path(out_dir)
-    labels, values = list(counts), list(counts.values())
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.bar_label(ax.bar(labels, values, color=plt.cm.tab10.colors[: len(labels)]))
-    ax.set_ylabel("images")
-    ax.set_title(title)
+    _bars(ax, counts, title)
     paths = [_save(fig, out_dir / "class_bar.png")]
     fig, ax = plt.subplots(figsize=(6, 6))
-    if sum(values) > 0:
-        ax.pie(values, labels=labels, autopct="%1.1f%%", colors=plt.cm.tab10.colors[: len(labels)])
-    ax.set_title(title)
+    _pie(ax, counts, title)
     return paths + [_save(fig, out_dir / "class_pie.png")]
 
 
