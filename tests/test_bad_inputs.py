@@ -1,0 +1,104 @@
+"""One corpus of bad and odd files, made here, through every entry point that reads images:
+the decoder, the dataset scan (prepare), batch prediction (predict) and the app's batch view.
+Bad files get a specific reason; odd but valid ones are classified; the rest always go on."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from marrowscope.app import batch as app_batch
+from marrowscope.data import prepare
+from marrowscope.errors import ImageDecodeError
+from marrowscope.images import decode_image
+from marrowscope.predict import Predictor
+from marrowscope.report import run_batch
+from tests.conftest import synthetic_cell
+
+BAD = {  # file name -> (bytes, words the reason must contain)
+    "zero.jpg": (b"", "empty"),
+    "text.jpg": (b"just some text, not pixels", "not an image format"),
+    "doc.jpg": (b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj<<>>endobj", "not an image format"),
+    "bomb.png": (None, "above the limit"),
+    "truncated.jpg": (None, "truncated or corrupt"),
+}
+
+
+def _bytes(im: Image.Image, fmt: str, **kw) -> bytes:
+    b = io.BytesIO()
+    im.save(b, fmt, **kw)
+    return b.getvalue()
+
+
+def make_corpus(folder):
+    """Bad files and odd-but-valid files, in one class folder 'BLA'."""
+    cls = folder / "BLA"
+    cls.mkdir(parents=True)
+    cell = synthetic_cell(0, 1, size=40)
+    full = _bytes(Image.effect_noise((64, 64), 60).convert("RGB"), "JPEG")
+    data = {**{k: v for k, (v, _) in BAD.items()},
+            "bomb.png": _bytes(Image.new("1", (20000, 20000)), "PNG"),
+            "truncated.jpg": full[: len(full) // 2]}
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    odd = {
+        "rgba.png": _bytes(cell.convert("RGBA"), "PNG"),
+        "onebit.png": _bytes(cell.convert("1"), "PNG"),
+        "gray.png": _bytes(cell.convert("L"), "PNG"),
+        "sixteen.png": _bytes(Image.fromarray((np.asarray(cell.convert("L")).astype(np.uint16) * 257)), "PNG"),
+        "sixteen.tif": _bytes(Image.fromarray((np.asarray(cell.convert("L")).astype(np.uint16) * 257)), "TIFF"),
+        "cmyk.jpg": _bytes(cell.convert("CMYK"), "JPEG"),
+        "exif.jpg": _bytes(cell.resize((40, 20)), "JPEG", exif=exif),
+        "anim.gif": _bytes(cell, "GIF", save_all=True, append_images=[synthetic_cell(1, 2, size=40)]),
+        "tiny.png": _bytes(Image.new("RGB", (1, 1), (200, 100, 50)), "PNG"),
+        "plain.jpg": _bytes(cell, "JPEG"),
+    }
+    for name, content in {**data, **odd}.items():
+        (cls / name).write_bytes(content)
+    return cls, set(odd)
+
+
+def test_decoder_on_the_corpus(tmp_path):
+    cls, odd = make_corpus(tmp_path / "d")
+    for name, (_, words) in BAD.items():
+        with pytest.raises(ImageDecodeError, match=words):
+            decode_image(cls / name)
+    for name in odd:
+        assert decode_image(cls / name).mode == "RGB"
+    assert decode_image(cls / "exif.jpg").size == (20, 40)  # EXIF rotation applied
+
+
+def test_dataset_scan_reports_each_bad_file(tmp_path):
+    cls, odd = make_corpus(tmp_path / "d")
+    samples, skipped = prepare(tmp_path / "d", ("BLA",), val=0, test=0)
+    reasons = {s.path.name: s.reason for s in skipped}
+    assert set(reasons) == set(BAD)
+    for name, (_, words) in BAD.items():
+        assert words in reasons[name]
+    assert {s.path.name for s in samples} == odd
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_model):
+    return Predictor(tiny_model, backend="torch")
+
+
+def test_predict_and_app_batch_on_the_corpus(tmp_path, predictor):
+    cls, odd = make_corpus(tmp_path / "d")
+    result = run_batch(predictor, [cls, tmp_path / "does-not-exist.png", tmp_path / "empty-folder"])
+    (tmp_path / "empty-folder").mkdir()
+    errors = {r["file"].split("/")[-1]: r["error"] for r in result.errors}
+    assert {n for n in errors if n in BAD} == set(BAD)
+    for name, (_, words) in BAD.items():
+        assert words in errors[name]
+    assert "does not exist" in errors["does-not-exist.png"]
+    assert sum(c["cells"] for c in result.counts) == len(odd)  # every odd-but-valid file was classified
+    empty = run_batch(predictor, [tmp_path / "empty-folder"])
+    assert "holds no images" in empty.errors[0]["error"]
+
+    rows, counts, _, _, note, _, _ = app_batch(predictor, [str(p) for p in sorted(cls.iterdir())])
+    assert sum(c[1] for c in counts) == len(odd)
+    for name, (_, words) in BAD.items():
+        assert f"- {name}: '{name}'" in note and words in note
+    assert str(tmp_path) not in note  # the user's file names, not server paths
