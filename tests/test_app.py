@@ -13,7 +13,7 @@ import gradio as gr
 import pytest
 from PIL import Image
 
-from marrowscope.app import batch, build_demo, classify, export_review, model_views
+from marrowscope.app import batch, build_demo, classify, data_views, export_review, model_views
 from marrowscope.classes import CLASSES
 from marrowscope.predict import Predictor
 from tests.conftest import synthetic_cell
@@ -92,10 +92,18 @@ def test_review_rejects_unknown_labels(predictor, tmp_path):
         export_review(list(CLASSES), review, state)
 
 
-def test_model_views_read_the_folder(tiny_model):
+def test_model_and_data_views_read_the_folder(tiny_model, tmp_path):
     v = model_views(tiny_model)
     assert v["curves"].endswith("curves.png")
     assert "no test report" in v["metrics_note"] and "MODEL_CARD" in v["card"]
+    fig, rows, note = data_views(tiny_model, list(CLASSES))
+    assert fig is not None and len(rows) == 7
+    assert all(r[1] + r[2] + r[3] == r[4] == 16 for r in rows)  # train + val + test = 16 per class
+    import shutil
+
+    bare = shutil.copytree(tiny_model, tmp_path / "bare")
+    (bare / "manifest.csv").unlink()
+    assert data_views(bare, list(CLASSES))[0] is None
 
 
 def _free_port() -> int:
