@@ -18,10 +18,8 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
 from marrowscope.artifacts import load_model_folder
-from marrowscope.errors import ImageDecodeError, MarrowscopeError
-from marrowscope.images import decode_image
-from marrowscope.predict import Prediction, probs_from_logits, tta_views
-from marrowscope.transforms import eval_transform
+from marrowscope.errors import MarrowscopeError
+from marrowscope.predict import Prediction, Predictor, load_input, probs_from_logits, split_views, tta_views
 
 
 class _Files(Dataset):
@@ -32,11 +30,8 @@ class _Files(Dataset):
         return len(self.files)
 
     def __getitem__(self, i):
-        try:
-            x, err = self.transform(decode_image(self.files[i])), ""
-        except ImageDecodeError as exc:
-            x, err = None, str(exc)
-        return x, i, err
+        x, err = load_input(self.files[i], self.transform)
+        return x, i, err or ""
 
 
 def _collate(items):
@@ -53,7 +48,7 @@ class _Classifier(L.LightningModule):
     def predict_step(self, batch, batch_idx):
         x, idx, errors = batch
         logits = self.net(tta_views(x, self.tta).contiguous(memory_format=torch.channels_last)).float()
-        probs = probs_from_logits(logits.reshape(4 if self.tta else 1, len(x), -1).cpu().numpy(), self.temperature)
+        probs = probs_from_logits(split_views(logits.cpu().numpy(), len(x)), self.temperature)
         return idx.tolist(), probs, errors
 
 
@@ -69,20 +64,20 @@ class _RankWriter(BasePredictionWriter):
                 w.writerow([i, err, *(f"{v:.8f}" for v in p)] if not err else [i, err])
 
 
-def predict_distributed(model_dir: Path, files: Sequence[Path], work: Path, *, devices: int = 1, num_nodes: int = 1,
-                        accelerator: str = "auto", batch_size: int = 32, workers: int = 2, tta: Optional[bool] = None,
+def predict_distributed(predictor: Predictor, files: Sequence[Path], work: Path, *, devices: int = 1,
+                        num_nodes: int = 1, accelerator: str = "auto", batch_size: int = 32, workers: int = 2,
                         ) -> Optional[list[Prediction]]:
-    """Predictions of ``files`` in input order on global rank 0; ``None`` on the other ranks."""
-    net, info = load_model_folder(model_dir)
-    tta = bool(info.extra.get("tta", False)) if tta is None else tta
-    module = _Classifier(net, tta, float(info.extra.get("temperature", 1.0)))
+    """``predictor``'s predictions (its model folder, TTA and temperature, in PyTorch on every rank)
+    of ``files`` in input order on global rank 0; ``None`` on the other ranks."""
+    net, _ = load_model_folder(predictor.model_dir)
+    module = _Classifier(net, predictor.tta, predictor.temperature)
     work.mkdir(parents=True, exist_ok=True)
     trainer = L.Trainer(accelerator=accelerator, devices=devices, num_nodes=num_nodes, logger=False,
                         strategy="ddp" if devices * num_nodes > 1 else "auto", callbacks=[_RankWriter(work)],
                         enable_model_summary=False, precision="32-true")
     for old in work.glob(f"rank{trainer.global_rank}.csv"):
         old.unlink()
-    loader = DataLoader(_Files(files, eval_transform(info.data_config)), batch_size=batch_size, num_workers=workers,
+    loader = DataLoader(_Files(files, predictor.transform), batch_size=batch_size, num_workers=workers,
                         collate_fn=_collate)
     trainer.predict(module, loader, return_predictions=False)
     trainer.strategy.barrier()

@@ -102,8 +102,8 @@ def evaluate(predictor: Predictor, data: str | Path, split: str = "test", out_di
         from marrowscope.distributed import predict_distributed
 
         work = Path(out_dir or ".") / "prediction_parts"
-        results = predict_distributed(predictor.model_dir, [s.path for s in chosen], work, batch_size=batch_size,
-                                      tta=predictor.tta, **launch)
+        results = predict_distributed(predictor, [s.path for s in chosen], work, batch_size=batch_size,
+                                      **launch)
         if results is None:
             return None
     else:

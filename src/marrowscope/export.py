@@ -28,6 +28,8 @@ def export_onnx(model_dir: str | Path, images: Sequence[ImageSource] = (), opset
     """
     import onnxruntime as ort
 
+    from marrowscope.predict import probs_from_logits
+
     model_dir = Path(model_dir)
     net, info = load_model_folder(model_dir)
     h, w = info.data_config["input_size"][1:]
@@ -43,9 +45,7 @@ def export_onnx(model_dir: str | Path, images: Sequence[ImageSource] = (), opset
     sess = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
     with torch.inference_mode():
         ref = torch.softmax(net(x), 1).numpy()
-    logits = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
-    got = np.exp(logits - logits.max(1, keepdims=True))
-    got /= got.sum(1, keepdims=True)
+    got = probs_from_logits(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0][None])
     diff = float(np.abs(got - ref).max())
     if diff > atol:
         tmp.unlink()

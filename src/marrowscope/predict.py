@@ -45,6 +45,19 @@ def tta_views(batch: torch.Tensor, tta: bool) -> torch.Tensor:
     return torch.cat([batch, batch.flip(3), batch.rot90(1, (2, 3)), batch.flip(3).rot90(1, (2, 3))])
 
 
+def split_views(logits: np.ndarray, n: int) -> np.ndarray:
+    """[V * N, C] logits of ``tta_views`` -> [V, N, C]."""
+    return logits.reshape(-1, n, logits.shape[-1])
+
+
+def load_input(src: ImageSource, transform) -> tuple[Optional[torch.Tensor], Optional[str]]:
+    """Decode and transform one source: (tensor, None), or (None, the reason it cannot be read)."""
+    try:
+        return transform(decode_image(src)), None
+    except ImageDecodeError as exc:
+        return None, str(exc)
+
+
 def probs_from_logits(view_logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """[V, N, C] logits -> [N, C]: softmax of logits / temperature, averaged over the V views."""
     z = view_logits / temperature
@@ -123,7 +136,7 @@ class Predictor:
 
     def view_logits(self, batch: torch.Tensor) -> np.ndarray:
         """[V, N, C] logits: V = 1, or 4 views with ``tta``."""
-        return self._logits(tta_views(batch, self.tta)).reshape(4 if self.tta else 1, len(batch), -1)
+        return split_views(self._logits(tta_views(batch, self.tta)), len(batch))
 
     def _logits(self, batch: torch.Tensor) -> np.ndarray:
         if self.backend in ONNX_FILES:
@@ -150,21 +163,15 @@ class Predictor:
         names = list(names) if names is not None else [str(s) if isinstance(s, (str, Path)) else f"image {i}"
                                                         for i, s in enumerate(sources)]
 
-        def load(src):
-            try:
-                return self.preprocess(src), None
-            except ImageDecodeError as exc:
-                return None, str(exc)
-
         with ThreadPoolExecutor(workers) as pool:
             pending: deque = deque()
             it = iter(zip(names, sources))
             for name, src in _take(it, batch_size * 2):
-                pending.append((name, pool.submit(load, src)))
+                pending.append((name, pool.submit(load_input, src, self.transform)))
             while pending:
                 chunk = [pending.popleft() for _ in range(min(batch_size, len(pending)))]
                 for name, src in _take(it, len(chunk)):  # keep the decoders one batch ahead
-                    pending.append((name, pool.submit(load, src)))
+                    pending.append((name, pool.submit(load_input, src, self.transform)))
                 loaded = [(name, *fut.result()) for name, fut in chunk]
                 ok = [x for _, x, err in loaded if err is None]
                 probs = iter(self.probs_of_batch(torch.stack(ok))) if ok else iter(())

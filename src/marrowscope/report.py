@@ -86,7 +86,7 @@ def run_batch(predictor: Predictor, paths: Sequence[str | Path], out_csv: Option
         from marrowscope.distributed import predict_distributed
 
         work = Path(out_csv or "predictions.csv").with_suffix(".parts")
-        stream = predict_distributed(predictor.model_dir, files, work, batch_size=batch_size, tta=predictor.tta,
+        stream = predict_distributed(predictor, files, work, batch_size=batch_size,
                                      **launch)
         if stream is None:
             return None
