@@ -4,7 +4,7 @@ VENV := .venv
 PIP := $(VENV)/bin/pip
 EXTRAS := app,onnx,lite,test
 
-.PHONY: setup app test browser
+.PHONY: setup app test test-fast browser
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
@@ -24,3 +24,7 @@ app: setup
 
 test: setup browser
 	$(VENV)/bin/python -m pytest -q
+
+# The unit tests without the slow end-to-end ones (training runs, DDP, browser): about a minute.
+test-fast: setup
+	$(VENV)/bin/python -m pytest -q -m "not slow"

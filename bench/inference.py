@@ -82,8 +82,9 @@ def training_throughput(model_dir, files, batch=32, steps=6):
 
 
 def main():
+    from marrowscope.artifacts import resolve_model_dir
     from marrowscope.data import default_data_dir
-    from marrowscope.predict import Predictor, resolve_model_dir
+    from marrowscope.predict import Predictor
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=None)
@@ -101,7 +102,7 @@ def main():
 
     out = {"date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
            "cores": os.cpu_count(), "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-           "timm": timm.__version__, "model": str(model_dir), "threads": torch.get_num_threads(), "rows": []}
+           "timm": timm.__version__, "model": model_dir.name, "threads": torch.get_num_threads(), "rows": []}
     from marrowscope.predict import ONNX_FILES
 
     configs = [(b, tta) for tta in (False, True) for b in ("torch", "onnx", "onnx-int8")]

@@ -79,7 +79,7 @@ def main() -> int:
         Client(url, verbose=False).predict(handle_file(str(big)), api_name="/classify")
         oversize = "accepted (WRONG)"
     except Exception as exc:
-        oversize = f"refused: {str(exc)[:160]}"
+        oversize = f"refused: {str(exc).replace(str(big), big.name)[:160]}"  # no machine path in the results
     demo.close()
     out = {"date": time.strftime("%Y-%m-%d"), "cores": os.cpu_count(), "clients": a.clients,
            "requests_per_client": a.requests, "requests": len(lat), "failures": len(fails),

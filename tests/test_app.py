@@ -13,7 +13,8 @@ import gradio as gr
 import pytest
 from PIL import Image
 
-from marrowscope.app import batch, build_demo, classify, data_views, export_review, model_views
+from marrowscope.app import batch, build_demo, classify, review_export
+from marrowscope.views import data_views, model_views
 from marrowscope.classes import CLASSES
 from marrowscope.predict import Predictor
 from tests.conftest import synthetic_cell
@@ -71,9 +72,9 @@ def test_batch_with_zip_and_bad_file_then_review_export(predictor, tmp_path):
     assert len(rows) == 6 and sum(c[1] for c in counts) == 5
     assert "broken.png" in note and "1 problem" in note
     assert all(Path(d).is_file() for d in downloads)
-    assert not (tmp_path.parent / "evil").exists()
+    _assert_nothing_extracted_by_member_path(tmp_path, state)
     review[0][3] = "PMO"  # a person corrects the first cell
-    files, msg = export_review(list(CLASSES), review, state)
+    files, msg = review_export(list(CLASSES), review, state)
     assert "5 reviewed" in msg
     with zipfile.ZipFile(files[0]) as zf:
         names = zf.namelist()
@@ -83,13 +84,30 @@ def test_batch_with_zip_and_bad_file_then_review_export(predictor, tmp_path):
 
     samples, _ = load_samples(files[1])
     assert len(samples) == 5 and samples[0].path.exists()
+    assert sorted(s.label for s in samples) == sorted([*[r[3] for r in review]])
+
+
+def _assert_nothing_extracted_by_member_path(tmp_path, state):
+    """'../../evil/c0.png' written by its stored path would land two folders above wherever it was
+    extracted: look above every folder the app or the test could have used, and in the batch folder."""
+    import tempfile
+
+    places = {Path("/"), Path(tempfile.gettempdir()), Path(state["dir"]), *Path(state["dir"]).parents,
+              *tmp_path.parents, Path.cwd(), *Path.cwd().parents}
+    for place in places:
+        assert not (place / "evil").exists(), place / "evil"
+    # zip members are copied under index names only
+    import re
+
+    names = [p.name for p in Path(state["dir"]).iterdir()]
+    assert names and all(re.fullmatch(r"\d{5}\.png|predictions(_counts)?\.csv", n) for n in names), names
 
 
 def test_review_rejects_unknown_labels(predictor, tmp_path):
     *_, review, state = batch(predictor, [_save(tmp_path, "a.png")])
     review[0][3] = "XYZ"
     with pytest.raises(gr.Error, match="XYZ"):
-        export_review(list(CLASSES), review, state)
+        review_export(list(CLASSES), review, state)
 
 
 def test_model_and_data_views_read_the_folder(tiny_model, tmp_path):
@@ -130,7 +148,7 @@ def test_launched_app_through_gradio_client(predictor, explainer, tmp_path):
             client.predict(handle_file(str(bad)), api_name="/classify")
         big = tmp_path / "big.bmp"
         Image.new("RGB", (1000, 1000)).save(big)  # 3 MB, above this app's 1 MB limit
-        with pytest.raises(Exception):
+        with pytest.raises(Exception, match="(?i)file.*(size|large|exceed)"):
             client.predict(handle_file(str(big)), api_name="/classify")
         top, _, _ = client.predict(handle_file(_save(tmp_path, "b.png")), api_name="/classify")  # still serving
         assert len(top["confidences"]) == 3

@@ -3,6 +3,7 @@ the decoder, the dataset scan (prepare), batch prediction (predict) and the app'
 Bad files get a specific reason; odd but valid ones are classified; the rest always go on."""
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from marrowscope.data import prepare
 from marrowscope.errors import ImageDecodeError
 from marrowscope.images import decode_image
 from marrowscope.predict import Predictor
-from marrowscope.report import run_batch
+from marrowscope.batch import run_batch
 from tests.conftest import synthetic_cell
 
 BAD = {  # file name -> (bytes, words the reason must contain)
@@ -22,6 +23,8 @@ BAD = {  # file name -> (bytes, words the reason must contain)
     "doc.jpg": (b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj<<>>endobj", "not an image format"),
     "bomb.png": (None, "above the limit"),
     "truncated.jpg": (None, "truncated or corrupt"),
+    "thin.png": (None, "side ratio"),  # 100000 x 1: once 20 GB after the resize
+    "=HYPERLINK(1).png": (b"formula", "not an image format"),  # a name a spreadsheet would run
 }
 
 
@@ -39,7 +42,8 @@ def make_corpus(folder):
     full = _bytes(Image.effect_noise((64, 64), 60).convert("RGB"), "JPEG")
     data = {**{k: v for k, (v, _) in BAD.items()},
             "bomb.png": _bytes(Image.new("1", (20000, 20000)), "PNG"),
-            "truncated.jpg": full[: len(full) // 2]}
+            "truncated.jpg": full[: len(full) // 2],
+            "thin.png": _bytes(Image.new("L", (100000, 1)), "PNG")}
     exif = Image.Exif()
     exif[0x0112] = 6
     odd = {
@@ -72,7 +76,7 @@ def test_decoder_on_the_corpus(tmp_path):
 def test_dataset_scan_reports_each_bad_file(tmp_path):
     cls, odd = make_corpus(tmp_path / "d")
     samples, skipped = prepare(tmp_path / "d", ("BLA",), val=0, test=0)
-    reasons = {s.path.name: s.reason for s in skipped}
+    reasons = {Path(s.source).name: s.reason for s in skipped}
     assert set(reasons) == set(BAD)
     for name, (_, words) in BAD.items():
         assert words in reasons[name]
@@ -97,8 +101,22 @@ def test_predict_and_app_batch_on_the_corpus(tmp_path, predictor):
     empty = run_batch(predictor, [tmp_path / "empty-folder"])
     assert "holds no images" in empty.errors[0]["error"]
 
-    rows, counts, _, _, note, _, _ = app_batch(predictor, [str(p) for p in sorted(cls.iterdir())])
+    rows, counts, _, downloads, note, _, _ = app_batch(predictor, [str(p) for p in sorted(cls.iterdir())])
     assert sum(c[1] for c in counts) == len(odd)
     for name, (_, words) in BAD.items():
         assert f"- {name}: '{name}'" in note and words in note
     assert str(tmp_path) not in note  # the user's file names, not server paths
+    assert "'=HYPERLINK(1).png" in Path(downloads[0]).read_text()  # the app's CSV names files as uploaded
+
+
+def test_no_csv_cell_starts_a_formula(tmp_path, predictor, monkeypatch):
+    """A file named '=HYPERLINK(1).png' given as a relative path, as a user in that folder would."""
+    import csv
+
+    cls, _ = make_corpus(tmp_path / "d")
+    monkeypatch.chdir(cls)
+    run_batch(predictor, sorted(p.name for p in cls.iterdir()), "p.csv")
+    with open("p.csv", newline="") as fh:
+        cells = [c for row in csv.reader(fh) for c in row]
+    assert "'=HYPERLINK(1).png" in cells
+    assert not any(c.startswith(("=", "+", "-", "@")) for c in cells)

@@ -1,12 +1,15 @@
 """Dataset scans, splits, manifests."""
 
+import csv
 import shutil
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
 from marrowscope.classes import CLASSES
-from marrowscope.data import count_table, load_samples, prepare, read_manifest, scan_folder, write_manifest
+from marrowscope.data import count_table, load_samples, prepare, scan_folder
+from marrowscope.manifest import manifest_rows, read_manifest, write_manifest
 from marrowscope.errors import MarrowscopeError
 from tests.conftest import make_dataset
 
@@ -40,7 +43,7 @@ def test_non_images_and_corrupt_files_are_reported(tmp_path):
     (root / "BLA" / "notes.txt").write_text("x")
     (root / "EOS" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
     samples, skipped = prepare(root, ("BLA", "EOS"))
-    reasons = {p.path.name: p.reason for p in skipped}
+    reasons = {Path(p.source).name: p.reason for p in skipped}
     assert "not an image file" in reasons["notes.txt"]
     assert "not an image format" in reasons["broken.jpg"]
     assert len(samples) == 12
@@ -71,15 +74,30 @@ def test_duplicates_never_straddle_splits(tmp_path):
 def test_manifest_round_trip_and_moved_root(tmp_path):
     root = make_dataset(tmp_path / "d", per_class=4)
     samples, _ = prepare(root, CLASSES)
-    path = write_manifest(samples, tmp_path / "out" / "m.csv", root)
-    assert path.read_text().startswith(f"# root: {root.resolve()}")
+    # as `prepare` writes it: relative to the manifest's own folder, a plain CSV with no machine path
+    path = write_manifest(samples, tmp_path / "out" / "m.csv")
+    text = path.read_text()
+    assert text.startswith("path,label,split,sha256") and str(tmp_path) not in text
+    assert list(csv.DictReader(text.splitlines()))[0]["path"].startswith("../d/")  # readable by any CSV reader
     back = read_manifest(path)
-    assert [(s.path, s.label, s.split, s.sha256) for s in back] == \
+    assert [(s.path.resolve(), s.label, s.split, s.sha256) for s in back] == \
            [(s.path.resolve(), s.label, s.split, s.sha256) for s in samples]
+    # the images move: refused by name, then read from the folder named by --data-root
     moved = shutil.move(str(root), tmp_path / "moved")
     with pytest.raises(MarrowscopeError, match="--data-root"):
         read_manifest(path)
-    assert all(s.path.exists() for s in read_manifest(path, data_root=moved))
+    back = read_manifest(path, data_root=moved)
+    assert all(s.path.exists() for s in back) and back[0].rel == manifest_rows(path)[0]["path"][len("../d/"):]
+    with pytest.raises(MarrowscopeError, match="does not hold the images"):
+        read_manifest(path, data_root=tmp_path / "nowhere")
+
+
+def test_old_manifest_with_root_line_still_reads(tmp_path):
+    root = make_dataset(tmp_path / "d", per_class=2)
+    samples, _ = prepare(root, CLASSES)
+    path = write_manifest(samples, root / "m.csv")
+    path.write_text(f"# root: /elsewhere\n{path.read_text()}")
+    assert len(read_manifest(path)) == len(samples)
 
 
 def test_folder_without_manifest_is_split_on_the_fly(tmp_path):
@@ -91,6 +109,6 @@ def test_folder_without_manifest_is_split_on_the_fly(tmp_path):
 def test_manifest_with_unknown_labels_is_refused(tmp_path):
     root = make_dataset(tmp_path / "d", per_class=4, classes=("BLA", "XYZ"))
     samples, _ = prepare(root)
-    m = write_manifest(samples, tmp_path / "m.csv", root)
+    m = write_manifest(samples, tmp_path / "m.csv")
     with pytest.raises(MarrowscopeError, match="XYZ"):
         load_samples(m, ("BLA",))

@@ -20,7 +20,8 @@ def test_two_process_ddp_on_cpu(tmp_path):
          "--devices", "2"],
         capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "world_size=2" in res.stderr.replace(" ", "") or "distributed" in res.stderr.lower()
+    # Lightning's own lines: two ranks really ran
+    assert "Starting with 2 processes" in res.stderr and "GLOBAL_RANK: 1" in res.stderr
     with open(run / "history.csv") as fh:
         assert [int(r["epoch"]) for r in csv.DictReader(fh)] == [1, 2]  # written once, by rank 0
     load_model_folder(run / "model")
@@ -29,7 +30,7 @@ def test_two_process_ddp_on_cpu(tmp_path):
 @pytest.mark.slow
 def test_predict_and_evaluate_over_two_ddp_ranks_match_one_process(tiny_run, tmp_path):
     from marrowscope.predict import Predictor
-    from marrowscope.report import run_batch
+    from marrowscope.batch import run_batch
     from tests.conftest import synthetic_cell
 
     folder = tmp_path / "cells"

@@ -5,7 +5,7 @@ import json
 
 from marrowscope.artifacts import DEFAULT_MODEL, read_model_info
 from marrowscope.classes import CLASSES
-from marrowscope.data import read_manifest
+from marrowscope.manifest import read_manifest
 from marrowscope.predict import Predictor
 
 

@@ -66,3 +66,39 @@ def test_class_without_images_is_an_error(tmp_path):
     data = make_dataset(tmp_path / "cells", per_class=6, classes=CLASSES[:3])
     with pytest.raises(MarrowscopeError, match="not found"):
         fit(_cfg(tmp_path, data))
+
+
+class _RunsCode:
+    """An object whose unpickling runs code: writes a marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_resume_refuses_a_checkpoint_that_would_run_code(tmp_path, tiny_run):
+    import shutil
+
+    import torch
+
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    last = run / "checkpoints" / "last.ckpt"
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    marker = tmp_path / "ran"
+    torch.save({**state, "payload": _RunsCode(marker)}, last)
+    cfg = TrainConfig(data=str(tiny_run.parent / "cells"), out=str(run), resume=True, workers=0, accelerator="cpu")
+    with pytest.raises(MarrowscopeError, match="could run code"):
+        fit(cfg)
+    assert not marker.exists()
+
+
+def test_saved_files_hold_no_absolute_paths(tiny_run):
+    for name in ("config_train.json", "manifest.csv", "model/config.json", "model/manifest.csv"):
+        text = (tiny_run / name).read_text()
+        assert str(tiny_run.parent) not in text and "/tmp/" not in text, name
+    from marrowscope.manifest import read_manifest
+
+    # the model folder's manifest reads from where it lies
+    assert all(s.path.exists() for s in read_manifest(tiny_run / "model" / "manifest.csv"))

@@ -41,6 +41,19 @@ class ModelInfo:
     model_args: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 
+    @property
+    def tta(self) -> bool:
+        """Whether inference averages over flips and turns by default (set by ``calibrate --tta``)."""
+        return bool(self.extra.get("tta", False))
+
+    def temperature(self, tta: bool) -> float:
+        """The softmax temperature fitted for inference with or without TTA; 1.0 if none was."""
+        t = self.extra.get("temperature", 1.0)
+        if isinstance(t, dict):
+            return float(t.get("tta" if tta else "no_tta", 1.0))
+        # marrowscope 0.1 stored one number, fitted with the folder's own TTA setting
+        return float(t) if tta == self.tta else 1.0
+
 
 def save_model_folder(net: nn.Module, out_dir: str | Path, classes: Sequence[str], data_config: dict,
                       extra: Optional[dict] = None, half: bool = False,
@@ -144,14 +157,29 @@ def load_model_folder(path: str | Path) -> tuple[nn.Module, ModelInfo]:
     return net.eval(), info
 
 
-def resolve_model_path(path: Optional[str | Path]) -> Path:
-    """The model folder a command should use: the one named, else the bundled default."""
+def resolve_model_dir(path: Optional[str | Path]) -> Path:
+    """The model folder a command should use: the one named (a run folder means its ``model/``),
+    else the bundled default."""
     if path:
-        return Path(path)
+        path = Path(path)
+        return path / "model" if (path / "model" / CONFIG).is_file() else path
     if not (DEFAULT_MODEL / CONFIG).is_file():
         raise MarrowscopeError(f"no model named and the bundled default model is missing at '{DEFAULT_MODEL}'; "
                                "pass a model folder written by `marrowscope train`.")
     return DEFAULT_MODEL
+
+
+def write_settings(model_dir: str | Path, **settings: Any) -> dict:
+    """Update the inference settings (``marrowscope`` section of config.json) of a model folder,
+    atomically; the only writer of config.json besides :func:`save_model_folder`."""
+    cfg_path = Path(model_dir) / CONFIG
+    read_model_info(model_dir)  # refuse to touch a folder that is not a model folder
+    cfg = json.loads(cfg_path.read_text())
+    cfg.setdefault("marrowscope", {}).update(settings)
+    tmp = cfg_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(cfg, indent=2))
+    os.replace(tmp, cfg_path)
+    return cfg["marrowscope"]
 
 
 def check_classes(info: ModelInfo, labels: Sequence[str], where: str) -> None:

@@ -1,4 +1,5 @@
-"""Training defaults in one dataclass; flags override them; the resolved config is saved."""
+"""Defaults in one place: the shared constants, and the training defaults in one dataclass whose
+flags override them; the resolved config is saved into every run folder."""
 
 from __future__ import annotations
 
@@ -9,6 +10,11 @@ from pathlib import Path
 from typing import Optional
 
 from marrowscope.classes import CLASSES
+
+VAL_FRACTION = 0.15   # of each class, for model choice and early stopping
+TEST_FRACTION = 0.15  # of each class, never used for training or choice
+# A cell whose top probability is below this is marked for review by a person.
+REVIEW_BELOW = 0.6
 
 
 @dataclass
@@ -29,8 +35,8 @@ class TrainConfig:
     pretrained: bool = False
     init_weights: Optional[str] = None
     classes: tuple[str, ...] = CLASSES
-    val: float = 0.15
-    test: float = 0.15
+    val: float = VAL_FRACTION
+    test: float = TEST_FRACTION
     seed: int = 0
     patience: int = 10                # early stopping on val macro-F1
     workers: int = field(default_factory=lambda: min(8, os.cpu_count() or 1))

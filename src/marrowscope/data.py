@@ -2,17 +2,15 @@
 
 A dataset is either a folder with one sub-folder per class (flat, ``BLA/BLA_00001.jpg``, or
 nested, ``BLA/0001-1000/BLA_00001.jpg``) or a manifest CSV written by ``marrowscope prepare``
-(columns path, label, split, sha256; paths relative to the root recorded on its first line).
+(columns path, label, split, sha256; see :mod:`marrowscope.manifest` for where its paths start).
 Splits are stratified per class and seeded; byte-identical files share one split.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import os
 import random
-import sys
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,19 +21,37 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from marrowscope.errors import ImageDecodeError, MarrowscopeError
+from marrowscope.config import TEST_FRACTION, VAL_FRACTION
+from marrowscope.errors import ImageDecodeError, MarrowscopeError, Unreadable
 from marrowscope.images import decode_image, is_image_path
 
 SPLITS = ("train", "val", "test")
-DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "bone-marrow-7"
+SPLIT_CHOICES = (*SPLITS, "all")
+DEFAULT_DATA_NAME = "bone-marrow-7"
+# The shared data sits beside the checkout (../shared/data): found from the package's location in a
+# source checkout, or from the working directory when marrowscope is installed elsewhere.
+DEFAULT_DATA_CANDIDATES = (Path(__file__).resolve().parents[3] / "shared" / "data" / DEFAULT_DATA_NAME,
+                           Path("..") / "shared" / "data" / DEFAULT_DATA_NAME)
 
 
 def default_data_dir() -> Optional[Path]:
-    """``../shared/data/bone-marrow-7`` beside the checkout (or $MARROWSCOPE_DATA), if present."""
-    for cand in (os.environ.get("MARROWSCOPE_DATA"), DEFAULT_DATA, Path.cwd().parent / "shared/data/bone-marrow-7"):
+    """The one place the default data folder is found: $MARROWSCOPE_DATA, else
+    ``../shared/data/bone-marrow-7`` beside the checkout, if present."""
+    for cand in (os.environ.get("MARROWSCOPE_DATA"), *DEFAULT_DATA_CANDIDATES):
         if cand and Path(cand).is_dir():
             return Path(cand).resolve()
     return None
+
+
+def data_or_default(data: Optional[str | Path]) -> Path:
+    """The dataset a command should use: the one named, else the default data folder."""
+    if data:
+        return Path(data)
+    found = default_data_dir()
+    if found is None:
+        raise MarrowscopeError(f"no DATA given and ../shared/data/{DEFAULT_DATA_NAME} is not present (nor "
+                               "$MARROWSCOPE_DATA); name a dataset folder or manifest.")
+    return found
 
 
 @dataclass
@@ -44,15 +60,10 @@ class Sample:
     label: str
     split: str = ""
     sha256: str = ""
+    rel: str = ""  # the path relative to the dataset's root, as reports and manifests show it
 
 
-@dataclass
-class Skipped:
-    path: Path
-    reason: str
-
-
-def scan_folder(root: str | Path, classes: Optional[Sequence[str]] = None) -> tuple[list[Sample], list[Skipped]]:
+def scan_folder(root: str | Path, classes: Optional[Sequence[str]] = None) -> tuple[list[Sample], list[Unreadable]]:
     """Find the images of each class folder under ``root`` (any depth below the class folder).
 
     Raises:
@@ -72,11 +83,11 @@ def scan_folder(root: str | Path, classes: Optional[Sequence[str]] = None) -> tu
     for label in wanted:
         files = sorted(p for p in (root / label).rglob("*") if p.is_file())
         images = [p for p in files if is_image_path(p)]
-        skipped += [Skipped(p, "not an image file (by its extension)") for p in files
-                    if p not in set(images) and not p.name.startswith(".")]
+        skipped += [Unreadable(p, "not an image file (by its extension)") for p in files
+                     if p not in set(images) and not p.name.startswith(".")]
         if not images:
             raise MarrowscopeError(f"class folder '{root / label}' holds no images.")
-        samples += [Sample(p, label) for p in images]
+        samples += [Sample(p, label, rel=p.relative_to(root).as_posix()) for p in images]
     return samples, skipped
 
 
@@ -88,7 +99,7 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
-def _check_decodes(samples: list[Sample], workers: int = 4) -> tuple[list[Sample], list[Skipped]]:
+def _check_decodes(samples: list[Sample], workers: int = 4) -> tuple[list[Sample], list[Unreadable]]:
     def check(s: Sample) -> Optional[str]:
         try:
             decode_image(s.path)
@@ -99,7 +110,7 @@ def _check_decodes(samples: list[Sample], workers: int = 4) -> tuple[list[Sample
     with ThreadPoolExecutor(workers) as pool:
         reasons = list(pool.map(check, samples))
     good = [s for s, r in zip(samples, reasons) if r is None]
-    bad = [Skipped(s.path, r) for s, r in zip(samples, reasons) if r is not None]
+    bad = [Unreadable(s.path, r) for s, r in zip(samples, reasons) if r is not None]
     return good, bad
 
 
@@ -137,7 +148,8 @@ def _share(n: int, frac: float) -> int:
 
 
 def prepare(src: str | Path, classes: Optional[Sequence[str]] = None, per_class: Optional[int] = None,
-            val: float = 0.15, test: float = 0.15, seed: int = 0) -> tuple[list[Sample], list[Skipped]]:
+            val: float = VAL_FRACTION, test: float = TEST_FRACTION, seed: int = 0
+            ) -> tuple[list[Sample], list[Unreadable]]:
     """Scan, sample up to ``per_class`` images per class (seeded), verify they decode, and split."""
     samples, skipped = scan_folder(src, classes)
     if per_class:
@@ -157,59 +169,12 @@ def duplicate_groups(samples: Sequence[Sample]) -> int:
     return sum(c for c in counts.values() if c > 1)
 
 
-def write_manifest(samples: Sequence[Sample], path: str | Path, root: str | Path) -> Path:
-    """CSV of path (relative to ``root``), label, split, sha256; the root on the first line."""
-    path, root = Path(path), Path(root).resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as fh:
-        fh.write(f"# root: {root}\n")
-        w = csv.writer(fh)
-        w.writerow(["path", "label", "split", "sha256"])
-        for s in samples:
-            full = Path(s.path).resolve()
-            rel = full.relative_to(root) if full.is_relative_to(root) else full
-            w.writerow([rel.as_posix(), s.label, s.split, s.sha256])
-    os.replace(tmp, path)
-    return path
-
-
-def manifest_rows(path: str | Path) -> tuple[Optional[str], list[dict]]:
-    """The root recorded on a manifest's first line (if any) and its rows, paths not resolved."""
-    path = Path(path)
-    with open(path, newline="") as fh:
-        first = fh.readline()
-        recorded = first[len("# root:"):].strip() if first.startswith("# root:") else None
-        if recorded is None:
-            fh.seek(0)
-        rows = list(csv.DictReader(fh))
-    if not rows or not {"path", "label", "split"} <= set(rows[0]):
-        raise MarrowscopeError(f"'{path}' is not a marrowscope manifest (expected columns path, label, split, sha256).")
-    return recorded, rows
-
-
-def read_manifest(path: str | Path, data_root: Optional[str | Path] = None) -> list[Sample]:
-    """Read a manifest; ``data_root`` replaces the recorded root (for a dataset that moved)."""
-    path = Path(path)
-    recorded, rows = manifest_rows(path)
-    root = Path(data_root) if data_root else Path(recorded) if recorded else path.parent
-    if not data_root and not root.is_dir() and recorded and Path(recorded).name == DEFAULT_DATA.name \
-            and default_data_dir():
-        root = default_data_dir()  # a shipped manifest of bone-marrow-7, read on another machine
-        print(f"manifest '{path}': images of {recorded} read from {root}", file=sys.stderr)
-    if not root.is_dir():
-        raise MarrowscopeError(f"the images of manifest '{path}' live under '{root}', which does not exist; "
-                               "pass --data-root with the folder that holds the class folders.")
-    bad_splits = {r["split"] for r in rows} - set(SPLITS)
-    if bad_splits:
-        raise MarrowscopeError(f"manifest '{path}' has unknown split(s) {sorted(bad_splits)}; expected {SPLITS}.")
-    return [Sample(root / r["path"], r["label"], r["split"], r.get("sha256", "")) for r in rows]
-
-
-def load_samples(data: str | Path, classes: Optional[Sequence[str]] = None, *, val: float = 0.15,
-                 test: float = 0.15, seed: int = 0, data_root: Optional[str | Path] = None
-                 ) -> tuple[list[Sample], list[Skipped]]:
+def load_samples(data: str | Path, classes: Optional[Sequence[str]] = None, *, val: float = VAL_FRACTION,
+                 test: float = TEST_FRACTION, seed: int = 0, data_root: Optional[str | Path] = None
+                 ) -> tuple[list[Sample], list[Unreadable]]:
     """Samples of a manifest CSV, or of a class-folder tree split on the fly (seeded)."""
+    from marrowscope.manifest import read_manifest
+
     data = Path(data)
     if data.is_file():
         samples = read_manifest(data, data_root)
@@ -242,9 +207,9 @@ def format_table(table: dict[str, dict[str, int]]) -> str:
     return "\n".join(lines)
 
 
-def format_skipped(skipped: Sequence[Skipped], limit: int = 10) -> str:
+def format_skipped(skipped: Sequence[Unreadable], limit: int = 10) -> str:
     head = f"{len(skipped)} file(s) skipped:"
-    rows = [f"  {s.path}: {s.reason}" for s in skipped[:limit]]
+    rows = [f"  {s.source}: {s.reason}" for s in skipped[:limit]]
     more = [f"  ... and {len(skipped) - limit} more"] if len(skipped) > limit else []
     return "\n".join([head, *rows, *more])
 
@@ -275,7 +240,7 @@ class CellDataset(Dataset):
             loaded = list(pool.map(load, samples))
         self.samples = [s for s, x in zip(samples, loaded) if not isinstance(x, str)]
         self.images = [x for x in loaded if not isinstance(x, str)]
-        self.skipped = [Skipped(s.path, x) for s, x in zip(samples, loaded) if isinstance(x, str)]
+        self.skipped = [Unreadable(s.path, x) for s, x in zip(samples, loaded) if isinstance(x, str)]
         self.targets = torch.tensor([index[s.label] for s in self.samples], dtype=torch.long)
 
     def __len__(self) -> int:

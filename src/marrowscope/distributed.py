@@ -1,13 +1,15 @@
 """Prediction over several GPUs or nodes through the same Lightning launch as training (DDP).
 
-Each rank classifies its share of the files and writes it to ``<work>/rank<K>.csv`` (a
-``BasePredictionWriter``); after a barrier, rank 0 merges the shares in input order. For several
-nodes the work folder must be on a file system that every node sees.
+Each rank runs the :class:`~marrowscope.predict.Predictor` it is handed (its decoder, transform,
+backend, TTA and temperature: nothing is reloaded or re-read) on its share of the files and writes
+it to ``<work>/rank<K>.csv`` (a ``BasePredictionWriter``); after a barrier, rank 0 merges the
+shares in input order. For several nodes the work folder must be on a file system every node sees.
 """
 
 from __future__ import annotations
 
 import csv
+import shutil
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -17,21 +19,20 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
-from marrowscope.artifacts import load_model_folder
-from marrowscope.errors import MarrowscopeError
-from marrowscope.predict import Prediction, Predictor, load_input, probs_from_logits, split_views, tta_views
+from marrowscope.errors import MarrowscopeError, Unreadable
+from marrowscope.predict import Prediction, Predictor, Result, probs_from_logits
 
 
 class _Files(Dataset):
-    def __init__(self, files: Sequence[Path], transform):
-        self.files, self.transform = list(files), transform
+    def __init__(self, files: Sequence[Path], predictor: Predictor):
+        self.files, self.predictor = list(files), predictor
 
     def __len__(self):
         return len(self.files)
 
     def __getitem__(self, i):
-        x, err = load_input(self.files[i], self.transform)
-        return x, i, err or ""
+        x = self.predictor.load(self.files[i])
+        return (None, i, x.reason) if isinstance(x, Unreadable) else (x, i, "")
 
 
 def _collate(items):
@@ -40,15 +41,22 @@ def _collate(items):
     return xs, torch.tensor([i for _, i, _ in items]), [e for _, _, e in items]
 
 
-class _Classifier(L.LightningModule):
-    def __init__(self, net, tta: bool, temperature: float):
+class _Ranked(L.LightningModule):
+    """The Predictor inside Lightning's launch; its network (PyTorch backend) is a submodule so
+    that Lightning places it on the rank's device."""
+
+    def __init__(self, predictor: Predictor):
         super().__init__()
-        self.net, self.tta, self.temperature = net.to(memory_format=torch.channels_last), tta, temperature
+        self.predictor = predictor
+        self.net = predictor.net  # None with ONNX Runtime, which runs on the CPU of each rank
 
     def predict_step(self, batch, batch_idx):
         x, idx, errors = batch
-        logits = self.net(tta_views(x, self.tta).contiguous(memory_format=torch.channels_last)).float()
-        probs = probs_from_logits(split_views(logits.cpu().numpy(), len(x)), self.temperature)
+        readable = [k for k, e in enumerate(errors) if not e]
+        probs = np.zeros((len(x), len(self.predictor.classes)))
+        if readable:
+            logits = self.predictor.view_logits(x[readable])
+            probs[readable] = probs_from_logits(logits, self.predictor.temperature)
         return idx.tolist(), probs, errors
 
 
@@ -66,32 +74,26 @@ class _RankWriter(BasePredictionWriter):
 
 def predict_distributed(predictor: Predictor, files: Sequence[Path], work: Path, *, devices: int = 1,
                         num_nodes: int = 1, accelerator: str = "auto", batch_size: int = 32, workers: int = 2,
-                        ) -> Optional[list[Prediction]]:
-    """``predictor``'s predictions (its model folder, TTA and temperature, in PyTorch on every rank)
-    of ``files`` in input order on global rank 0; ``None`` on the other ranks."""
-    net, _ = load_model_folder(predictor.model_dir)
-    module = _Classifier(net, predictor.tta, predictor.temperature)
+                        ) -> Optional[list[Result]]:
+    """``predictor``'s results for ``files`` in input order on global rank 0; None on the others."""
     work.mkdir(parents=True, exist_ok=True)
     trainer = L.Trainer(accelerator=accelerator, devices=devices, num_nodes=num_nodes, logger=False,
                         strategy="ddp" if devices * num_nodes > 1 else "auto", callbacks=[_RankWriter(work)],
                         enable_model_summary=False, precision="32-true")
     for old in work.glob(f"rank{trainer.global_rank}.csv"):
         old.unlink()
-    loader = DataLoader(_Files(files, predictor.transform), batch_size=batch_size, num_workers=workers,
-                        collate_fn=_collate)
-    trainer.predict(module, loader, return_predictions=False)
+    loader = DataLoader(_Files(files, predictor), batch_size=batch_size, num_workers=workers, collate_fn=_collate)
+    trainer.predict(_Ranked(predictor), loader, return_predictions=False)
     trainer.strategy.barrier()
     if trainer.global_rank != 0:
         return None
-    got: dict[int, Prediction] = {}
+    got: dict[int, Result] = {}
     for part in sorted(work.glob("rank*.csv")):
         with open(part, newline="") as fh:
             for row in csv.reader(fh):  # the sampler may repeat a few items to even out ranks
                 i = int(row[0])
-                got[i] = Prediction(str(files[i]), None, row[1]) if row[1] else \
-                    Prediction(str(files[i]), np.array([float(v) for v in row[2:]]), None)
-    import shutil
-
+                got[i] = Unreadable(files[i], row[1]) if row[1] else \
+                    Prediction(str(files[i]), np.array([float(v) for v in row[2:]]))
     shutil.rmtree(work, ignore_errors=True)  # every rank has passed the barrier: the shares are merged
     missing = [str(files[i]) for i in range(len(files)) if i not in got]
     if missing:

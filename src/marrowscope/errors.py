@@ -11,3 +11,25 @@ class MarrowscopeError(Exception):
 
 class ImageDecodeError(MarrowscopeError):
     """A file or upload that cannot be decoded as a cell image."""
+
+
+class Unreadable:
+    """A file, upload or zip member that could not be read, and the sentence saying why.
+
+    The one type every entry point reports bad input with: prediction streams yield it in place
+    of a result, dataset scans list it, and the CLI, the CSVs and the app only format it.
+    """
+
+    __slots__ = ("source", "reason")
+
+    def __init__(self, source: object, reason: str):
+        self.source, self.reason = str(source), reason
+
+    def __repr__(self) -> str:
+        return f"Unreadable({self.source!r}, {self.reason!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Unreadable) and (self.source, self.reason) == (other.source, other.reason)
+
+    def as_dict(self) -> dict:
+        return {"path": self.source, "reason": self.reason}

@@ -3,7 +3,6 @@ without saying so."""
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 from typing import Optional, Sequence
@@ -13,27 +12,36 @@ from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_
                              precision_recall_fscore_support)
 
 from marrowscope.artifacts import check_classes
-from marrowscope.data import Sample, load_samples, manifest_rows, sha256_of
-from marrowscope.errors import MarrowscopeError
+from marrowscope.config import TEST_FRACTION, VAL_FRACTION
+from marrowscope.csvfiles import write_csv
+from marrowscope.data import SPLIT_CHOICES, Sample, load_samples, sha256_of
+from marrowscope.errors import MarrowscopeError, Unreadable
+from marrowscope.manifest import manifest_rows
 from marrowscope.predict import Predictor
 
-SPLIT_CHOICES = ("test", "val", "train", "all")
+N_BINS = 15
 
 
-def calibration_bins(probs: np.ndarray, y: np.ndarray, n_bins: int = 15) -> tuple[float, list[dict]]:
-    """Expected calibration error of the top probability, and the bins of a reliability diagram."""
-    conf, pred = probs.max(axis=1), probs.argmax(axis=1)
-    correct = (pred == y).astype(float)
+def expected_calibration_error(probs: np.ndarray, y: np.ndarray, n_bins: int = N_BINS) -> float:
+    """ECE of the top probability (torchmetrics, L1 over equal-width bins)."""
+    import torch
+    from torchmetrics.functional.classification import multiclass_calibration_error
+
+    return float(multiclass_calibration_error(torch.as_tensor(probs, dtype=torch.float32), torch.as_tensor(y),
+                                              num_classes=probs.shape[1], n_bins=n_bins, norm="l1"))
+
+
+def reliability_bins(probs: np.ndarray, y: np.ndarray, n_bins: int = N_BINS) -> list[dict]:
+    """Accuracy and mean confidence per confidence bin: the data of a reliability diagram."""
+    conf, correct = probs.max(axis=1), (probs.argmax(axis=1) == y)
     edges = np.linspace(0, 1, n_bins + 1)
-    bins, ece = [], 0.0
+    bins = []
     for lo, hi in zip(edges[:-1], edges[1:]):
         m = (conf > lo) & (conf <= hi)
         n = int(m.sum())
-        acc = float(correct[m].mean()) if n else 0.0
-        c = float(conf[m].mean()) if n else 0.0
-        ece += n / max(len(y), 1) * abs(acc - c)
-        bins.append({"lo": float(lo), "hi": float(hi), "count": n, "accuracy": acc, "confidence": c})
-    return float(ece), bins
+        bins.append({"lo": float(lo), "hi": float(hi), "count": n, "accuracy": float(correct[m].mean()) if n else 0.0,
+                     "confidence": float(conf[m].mean()) if n else 0.0})
+    return bins
 
 
 def compute_metrics(probs: np.ndarray, y: np.ndarray, classes: Sequence[str]) -> dict:
@@ -41,7 +49,6 @@ def compute_metrics(probs: np.ndarray, y: np.ndarray, classes: Sequence[str]) ->
     labels = list(range(len(classes)))
     pred = probs.argmax(axis=1)
     p, r, f, s = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
-    ece, bins = calibration_bins(probs, y)
     return {
         "images": int(len(y)),
         "accuracy": float(accuracy_score(y, pred)),
@@ -49,11 +56,11 @@ def compute_metrics(probs: np.ndarray, y: np.ndarray, classes: Sequence[str]) ->
         "macro_f1": float(f1_score(y, pred, labels=labels, average="macro", zero_division=0)),
         "weighted_f1": float(f1_score(y, pred, labels=labels, average="weighted", zero_division=0)),
         "log_loss": float(log_loss(y, np.clip(probs, 1e-7, 1), labels=labels)),
-        "ece": ece,
+        "ece": expected_calibration_error(probs, y),
         "per_class": {c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
                       for i, c in enumerate(classes)},
         "confusion_matrix": confusion_matrix(y, pred, labels=labels).tolist(),
-        "reliability_bins": bins,
+        "reliability_bins": reliability_bins(probs, y),
     }
 
 
@@ -75,11 +82,11 @@ def _training_hashes(model_dir: Path) -> set[str]:
     manifest = model_dir / "manifest.csv"
     if not manifest.is_file():
         return set()
-    return {r["sha256"] for r in manifest_rows(manifest)[1] if r.get("split") == "train" and r.get("sha256")}
+    return {r["sha256"] for r in manifest_rows(manifest) if r.get("split") == "train" and r.get("sha256")}
 
 
 def evaluate(predictor: Predictor, data: str | Path, split: str = "test", out_dir: Optional[str | Path] = None,
-             seed: int = 0, val: float = 0.15, test: float = 0.15, data_root: Optional[str] = None,
+             seed: int = 0, val: float = VAL_FRACTION, test: float = TEST_FRACTION, data_root: Optional[str] = None,
              batch_size: int = 32, launch: Optional[dict] = None) -> Optional[dict]:
     """Predict every image of ``split`` and write ``metrics.json``, ``predictions.csv`` and figures.
 
@@ -95,45 +102,49 @@ def evaluate(predictor: Predictor, data: str | Path, split: str = "test", out_di
     chosen: list[Sample] = samples if split == "all" else [s for s in samples if s.split == split]
     if not chosen:
         raise MarrowscopeError(f"the {split} split of '{data}' holds no images.")
-    classes = predictor.classes
     check_classes(predictor.info, {s.label for s in chosen}, f"'{data}'")
-    index = {c: i for i, c in enumerate(classes)}
-    if launch:  # shared out over Lightning DDP ranks; rank 0 reports
-        from marrowscope.distributed import predict_distributed
+    results = predictor.run([s.path for s in chosen], batch_size=batch_size, launch=launch,
+                            work=Path(out_dir or ".") / "prediction_parts")
+    if results is None:  # a DDP rank other than 0
+        return None
+    pairs = list(zip(chosen, results))
+    kept = [(s, r) for s, r in pairs if not isinstance(r, Unreadable)]
+    unreadable = [*skipped, *(r for _, r in pairs if isinstance(r, Unreadable))]
+    if not kept:
+        raise MarrowscopeError(f"none of the {len(chosen)} images of the {split} split of '{data}' could be read "
+                               f"(first: {unreadable[0].source}: {unreadable[0].reason}).")
+    m = _report(predictor, data, split, kept, unreadable)
+    if out_dir:
+        _write(m, kept, predictor.classes, Path(out_dir))
+    return m
 
-        work = Path(out_dir or ".") / "prediction_parts"
-        results = predict_distributed(predictor, [s.path for s in chosen], work, batch_size=batch_size,
-                                      **launch)
-        if results is None:
-            return None
-    else:
-        results = list(predictor.predict_many([s.path for s in chosen], batch_size=batch_size))
-    failed = [(s, r.error) for s, r in zip(chosen, results) if r.error]
-    kept = [(s, r) for s, r in zip(chosen, results) if r.error is None]
+
+def _report(predictor: Predictor, data, split: str, kept: list, unreadable: list[Unreadable]) -> dict:
+    index = {c: i for i, c in enumerate(predictor.classes)}
     probs = np.stack([r.probs for _, r in kept])
-    y = np.array([index[s.label] for s, _ in kept])
-    m = compute_metrics(probs, y, classes)
+    m = compute_metrics(probs, np.array([index[s.label] for s, _ in kept]), predictor.classes)
     trained = _training_hashes(predictor.model_dir)
     m["overlap_with_training"] = sum(1 for s, _ in kept if (s.sha256 or sha256_of(s.path)) in trained)
+    settings = f"{predictor.backend}, TTA {'on' if predictor.tta else 'off'}, temperature {predictor.temperature:g}"
     m.update({
-        "data": str(data), "split": split, "model": str(predictor.model_dir), "backend": predictor.backend,
-        "unreadable": [{"path": str(s.path), "reason": e} for s, e in failed + [(k.path, k.reason) for k in skipped]],
-        "description": f"{len(kept)} images of the '{split}' split of {data}, model {predictor.model_dir} "
-                       f"({predictor.info.architecture}).",
+        "data": Path(data).name, "split": split, "model": predictor.model_dir.name, "backend": predictor.backend,
+        "tta": predictor.tta, "temperature": predictor.temperature,
+        "unreadable": [u.as_dict() for u in unreadable],
+        "description": f"{len(kept)} images of the '{split}' split of {Path(data).name}, model "
+                       f"{predictor.model_dir.name} ({predictor.info.architecture}; {settings}).",
     })
-    if out_dir:
-        from marrowscope.plots import plot_confusion, plot_reliability
-
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps(m, indent=2))
-        with open(out / "predictions.csv", "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["path", "label", "predicted", "confidence", *classes])
-            for (s, r) in kept:
-                w.writerow([s.path, s.label, classes[int(r.probs.argmax())], f"{r.probs.max():.4f}",
-                            *(f"{p:.4f}" for p in r.probs)])
-        title = f"{split} split, {len(kept)} images"
-        plot_confusion(np.array(m["confusion_matrix"]), classes, out / "confusion_matrix.png", title)
-        plot_reliability(m["reliability_bins"], m["ece"], out / "reliability.png", title)
     return m
+
+
+def _write(m: dict, kept: list, classes: Sequence[str], out: Path) -> None:
+    from marrowscope.plots import plot_confusion, plot_reliability
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(m, indent=2))
+    # paths relative to the data's root: the report reads the same on every machine
+    write_csv(out / "predictions.csv", ["path", "label", "predicted", "confidence", *classes],
+              ([s.rel or s.path.name, s.label, classes[int(r.probs.argmax())], f"{r.probs.max():.4f}",
+                *(f"{p:.4f}" for p in r.probs)] for s, r in kept))
+    title = f"{m['split']} split, {len(kept)} images"
+    plot_confusion(np.array(m["confusion_matrix"]), classes, out / "confusion_matrix.png", title)
+    plot_reliability(m["reliability_bins"], m["ece"], out / "reliability.png", title)

@@ -13,7 +13,7 @@ from PIL import Image
 from marrowscope.artifacts import load_model_folder
 from marrowscope.images import ImageSource, decode_image
 from marrowscope.model import gradcam_target_layer
-from marrowscope.transforms import eval_transform
+from marrowscope.transforms import eval_geometry, eval_transform
 
 
 class Explainer:
@@ -24,15 +24,18 @@ class Explainer:
 
         self.net, self.info = load_model_folder(model_dir)
         self.transform = eval_transform(self.info.data_config)
-        self.size = tuple(self.info.data_config["input_size"][1:])
+        self.geometry = eval_geometry(self.info.data_config)
         self.cam = GradCAM(model=self.net, target_layers=[gradcam_target_layer(self.net)])
         self._lock = threading.Lock()  # the CAM's hooks hold per-call state
 
     def heatmap(self, src: ImageSource, class_index: Optional[int] = None) -> tuple[np.ndarray, int]:
         """A [H, W] map in [0, 1] at the model's input size, for ``class_index`` (default: predicted)."""
+        return self._heatmap(decode_image(src), class_index)
+
+    def _heatmap(self, image: Image.Image, class_index: Optional[int]) -> tuple[np.ndarray, int]:
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-        x = self.transform(decode_image(src)).unsqueeze(0)
+        x = self.transform(image).unsqueeze(0)
         with self._lock:
             if class_index is None:
                 with torch.no_grad():
@@ -41,9 +44,11 @@ class Explainer:
         return cam, class_index
 
     def overlay(self, src: ImageSource, class_index: Optional[int] = None, weight: float = 0.55) -> Image.Image:
-        """The cell with the heatmap blended over it (red: most evidence for the class)."""
+        """The cell as the network saw it (the eval transform's resize and crop, so the map lines up
+        on non-square images too) with the heatmap blended over it (red: most evidence)."""
         from pytorch_grad_cam.utils.image import show_cam_on_image
 
-        cam, _ = self.heatmap(src, class_index)
-        rgb = np.asarray(decode_image(src).resize(self.size[::-1], Image.BICUBIC), dtype=np.float32) / 255.0
+        image = decode_image(src)
+        cam, _ = self._heatmap(image, class_index)
+        rgb = np.asarray(self.geometry(image), dtype=np.float32) / 255.0
         return Image.fromarray(show_cam_on_image(rgb, cam, use_rgb=True, image_weight=weight))

@@ -88,7 +88,7 @@ def export_space(model_dir: Optional[str | Path], out_dir: str | Path,
     with the Space metadata, the ``marrowscope`` package and the model folder (``model/``)."""
     import gradio
 
-    from marrowscope.predict import resolve_model_dir
+    from marrowscope.artifacts import resolve_model_dir
 
     src = resolve_model_dir(model_dir)
     _, info = load_model_folder(src)  # refuse to ship a broken model folder
@@ -132,6 +132,30 @@ def export_space(model_dir: Optional[str | Path], out_dir: str | Path,
         https://doi.org/10.7937/TCIA.AXH3-T579
         """))
     return out
+
+
+def check_images(paths: Optional[Sequence[str | Path]], limit: int = 64) -> list[Path]:
+    """Real images to check an export on: the ones named (files or folders), else one per class of
+    the default data folder where present; empty means random input."""
+    from marrowscope.classes import CLASSES
+    from marrowscope.data import default_data_dir
+    from marrowscope.predict import collect_images
+
+    images = collect_images(paths)[0] if paths else []
+    if not images and default_data_dir():
+        images = [f for c in CLASSES for f in sorted((default_data_dir() / c).glob("*.jpg"))[:1]]
+    return images[:limit]
+
+
+def int8_calibration_images(model_dir: Path, n: int, data_root: Optional[str] = None) -> list[Path]:
+    """``n`` training images of the model's manifest, spread over it (never validation or test)."""
+    from marrowscope.manifest import read_manifest
+
+    manifest = model_dir / "manifest.csv"
+    train = [s.path for s in read_manifest(manifest, data_root) if s.split == "train"] if manifest.is_file() else []
+    if not train:
+        raise MarrowscopeError(f"--int8 calibrates on the training images of '{manifest}', which has none.")
+    return train[:: max(1, len(train) // n)][:n]
 
 
 def export_int8(model_dir: str | Path, calibration: Sequence[ImageSource], name: str = "model.int8.onnx") -> Path:

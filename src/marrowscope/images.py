@@ -22,6 +22,10 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".
 # A cell crop is a few hundred pixels wide; whole slides are not what the model reads.
 # 40 MP admits a 6000 x 6000 field of view and refuses decompression bombs before decoding.
 MAX_PIXELS = 40_000_000
+# The eval transform scales the short side to the model's input size, so a thin image's long side
+# grows by the aspect ratio: a 100000 x 1 PNG of a few hundred bytes became 20 GB. A cell crop is
+# near square; 10:1 admits any crop a person would take and bounds the work at 10x the input size.
+MAX_ASPECT = 10
 
 ImageSource = Union[str, Path, bytes, np.ndarray, Image.Image]
 
@@ -40,6 +44,7 @@ def decode_image(src: ImageSource, *, max_pixels: int = MAX_PIXELS) -> Image.Ima
     """
     name = _describe(src)
     if isinstance(src, Image.Image):
+        _check_aspect(*src.size, name)
         return _to_rgb(src, name)
     if isinstance(src, np.ndarray):
         return _from_array(src, name)
@@ -84,6 +89,7 @@ def _open(fh, name: str, max_pixels: int) -> Image.Image:
                 )
             if w < 1 or h < 1:
                 raise ImageDecodeError(f"{name} has no pixels ({w} x {h}).")
+            _check_aspect(w, h, name)
             if getattr(im, "n_frames", 1) > 1:
                 im.seek(0)  # animations and multi-page TIFFs: the first frame is the cell
             im = ImageOps.exif_transpose(im)
@@ -103,6 +109,14 @@ def _open(fh, name: str, max_pixels: int) -> Image.Image:
         # at this trust boundary every one of them means "not a readable image".
         raise ImageDecodeError(f"{name} is truncated or corrupt ({type(exc).__name__}: {exc}).") from None
     return _to_rgb(im, name)
+
+
+def _check_aspect(w: int, h: int, name: str) -> None:
+    if max(w, h) > MAX_ASPECT * min(w, h):
+        raise ImageDecodeError(
+            f"{name} is {w} x {h} pixels, a side ratio above {MAX_ASPECT}:1; a single-cell crop is close "
+            "to square, so crop the cell first."
+        )
 
 
 def _to_rgb(im: Image.Image, name: str) -> Image.Image:
@@ -138,5 +152,6 @@ def _from_array(arr: np.ndarray, name: str) -> Image.Image:
         elif a.max(initial=0) > 255:
             a = a / 257.0  # 16-bit range onto 8-bit
         arr = np.clip(np.rint(a), 0, 255).astype(np.uint8)
+    _check_aspect(arr.shape[1], arr.shape[0], name)
     im = Image.fromarray(arr)
     return _to_rgb(im, name) if im.mode != "RGB" else im

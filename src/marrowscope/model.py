@@ -42,7 +42,7 @@ def create_network(
             whose matching tensors initialise the network (the classifier is skipped if its
             shape differs).
     """
-    if name not in timm.list_models() and name not in timm.list_models(pretrained=True):
+    if not timm.is_model(name):
         close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
         raise MarrowscopeError(
             f"unknown timm architecture '{name}'" + (f"; similar names: {', '.join(close)}." if close else ".")

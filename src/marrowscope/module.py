@@ -5,6 +5,8 @@ from __future__ import annotations
 import lightning as L
 import torch
 import torch.nn.functional as F
+from timm.loss import SoftTargetCrossEntropy
+from timm.optim import param_groups_weight_decay
 from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
@@ -31,7 +33,7 @@ class CellClassifier(L.LightningModule):
             }, prefix=f"{stage}_")
             for stage in ("train", "val")
         })
-        self.mixup = None
+        self.mixup, self.soft_loss = None, SoftTargetCrossEntropy()
         if mixup > 0:
             from timm.data import Mixup
 
@@ -48,7 +50,7 @@ class CellClassifier(L.LightningModule):
         if stage == "train" and self.mixup is not None and len(x) % 2 == 0:
             x, soft = self.mixup(x, y)
             logits = self(x)
-            loss = torch.sum(-soft * F.log_softmax(logits, dim=-1), dim=-1).mean()
+            loss = self.soft_loss(logits, soft)
         else:
             logits = self(x)
             loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing if stage == "train" else 0.0)
@@ -68,11 +70,9 @@ class CellClassifier(L.LightningModule):
         self._step(batch, "val")
 
     def configure_optimizers(self):
-        decay, no_decay = [], []
-        for name, p in self.net.named_parameters():
-            (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": self.hparams.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=self.hparams.lr)
+        # no weight decay on biases and norm layers (timm's grouping)
+        groups = param_groups_weight_decay(self.net, weight_decay=self.hparams.weight_decay)
+        opt = torch.optim.AdamW(groups, lr=self.hparams.lr)
         # OneCycleLR needs a few steps per phase; tiny debug runs simply stop early in the schedule
         total = max(20, int(self.trainer.estimated_stepping_batches))
         sched = torch.optim.lr_scheduler.OneCycleLR(

@@ -1,4 +1,8 @@
-"""Figures only: training curves, class distribution, confusion matrix, reliability diagram."""
+"""Figures only: training curves, class distribution, confusion matrix, reliability diagram.
+
+Built with matplotlib's object-oriented ``Figure`` API, never ``pyplot``: pyplot keeps global
+state, and the app draws from several Gradio worker threads at once.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,9 @@ import csv
 from pathlib import Path
 from typing import Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")  # files, never a window
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.figure import Figure
 
 
 def _save(fig, path) -> Path:
@@ -18,8 +20,23 @@ def _save(fig, path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
+
+
+def _subplots(nrows: int = 1, ncols: int = 1, figsize=(6, 4)):
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols)
+
+
+def count_figure(counts: list[dict]):
+    """The differential count: percent of classified cells per class, cells on each bar."""
+    fig, ax = _subplots(figsize=(7, 3.5))
+    bars = ax.bar([c["class"] for c in counts], [c["percent"] for c in counts], color="#4c72b0")
+    ax.bar_label(bars, labels=[f"{c['cells']}" for c in counts])
+    ax.set_ylabel("% of classified cells")
+    ax.set_title("differential count")
+    fig.tight_layout()
+    return fig
 
 
 def history_figure(history_csv: str | Path):
@@ -27,7 +44,7 @@ def history_figure(history_csv: str | Path):
     with open(history_csv, newline="") as fh:
         rows = list(csv.DictReader(fh))
     epochs = [int(r["epoch"]) for r in rows]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    fig, axes = _subplots(1, 3, figsize=(13, 3.8))
     for ax, key, title in zip(axes, ("loss", "acc", "f1"), ("loss", "accuracy", "macro-F1")):
         for stage in ("train", "val"):
             ax.plot(epochs, [float(r[f"{stage}_{key}"]) for r in rows], marker="o", ms=3, label=stage)
@@ -43,7 +60,7 @@ def plot_history(history_csv: str | Path, out: str | Path) -> Path:
 
 
 def _bars(ax, counts: dict[str, int], title: str) -> None:
-    ax.bar_label(ax.bar(list(counts), list(counts.values()), color=plt.cm.tab10.colors[: len(counts)]))
+    ax.bar_label(ax.bar(list(counts), list(counts.values()), color=colormaps["tab10"].colors[: len(counts)]))
     ax.set_ylabel("images")
     ax.set_title(title)
 
@@ -51,13 +68,13 @@ def _bars(ax, counts: dict[str, int], title: str) -> None:
 def _pie(ax, counts: dict[str, int], title: str) -> None:
     if sum(counts.values()) > 0:
         ax.pie(list(counts.values()), labels=list(counts), autopct="%1.1f%%",
-               colors=plt.cm.tab10.colors[: len(counts)])
+               colors=colormaps["tab10"].colors[: len(counts)])
     ax.set_title(title)
 
 
 def distribution_figure(counts: dict[str, int], title: str = "images per class"):
     """Bar chart and pie chart of images per class, side by side (the app's Data view)."""
-    fig, (bar, pie) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (bar, pie) = _subplots(1, 2, figsize=(12, 4.5))
     _bars(bar, counts, title)
     _pie(pie, counts, "share of images")
     return fig
@@ -66,10 +83,10 @@ def distribution_figure(counts: dict[str, int], title: str = "images per class")
 def plot_distribution(counts: dict[str, int], out_dir: str | Path, title: str = "images per class") -> list[Path]:
     """Write ``class_bar.png`` and ``class_pie.png``."""
     out_dir = Path(out_dir)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = _subplots(figsize=(7, 4.5))
     _bars(ax, counts, title)
     paths = [_save(fig, out_dir / "class_bar.png")]
-    fig, ax = plt.subplots(figsize=(6, 6))
+    fig, ax = _subplots(figsize=(6, 6))
     _pie(ax, counts, title)
     return paths + [_save(fig, out_dir / "class_pie.png")]
 
@@ -78,7 +95,7 @@ def confusion_figure(cm: np.ndarray, classes: Sequence[str], title: str = ""):
     """Counts (left) and row-normalised recall (right)."""
     cm = np.asarray(cm)
     norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
+    fig, axes = _subplots(1, 2, figsize=(13, 5.5))
     for ax, mat, fmt, sub in ((axes[0], cm, "d", "counts"), (axes[1], norm, ".2f", "row-normalised (recall)")):
         ax.imshow(mat, cmap="Blues")
         ax.set_xticks(range(len(classes)), classes, rotation=45)
@@ -100,7 +117,7 @@ def plot_confusion(cm: np.ndarray, classes: Sequence[str], out: str | Path, titl
 
 def reliability_figure(bins: list[dict], ece: float, title: str = ""):
     """Accuracy against confidence per bin, with the diagonal of perfect calibration."""
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+    fig, ax = _subplots(figsize=(5.5, 5))
     centers = [(b["lo"] + b["hi"]) / 2 for b in bins if b["count"]]
     ax.bar(centers, [b["accuracy"] for b in bins if b["count"]], width=1 / len(bins), edgecolor="k",
            alpha=0.7, label="accuracy")

@@ -6,6 +6,7 @@ Run folder layout::
     runs/NAME/
       model/              the model folder (weights, config.json) + copies of the reports below
       history.csv         per epoch: train/val loss, accuracy, macro-F1, learning rate, seconds
+      logs/version_N/     Lightning's CSVLogger (metrics.csv), one per run or resume: history.csv's source
       curves.png          loss, accuracy and F1 per epoch
       config_train.json   the resolved TrainConfig
       manifest.csv        the images and split used
@@ -15,18 +16,22 @@ Run folder layout::
 from __future__ import annotations
 
 import csv
+import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Checkpoint, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
 
 from marrowscope.artifacts import save_model_folder
 from marrowscope.config import TrainConfig
-from marrowscope.data import (CellDataset, SPLITS, count_table, format_skipped, format_table, load_samples,
-                              make_loader, write_manifest)
+from marrowscope.csvfiles import write_csv
+from marrowscope.data import CellDataset, count_table, format_skipped, format_table, load_samples, make_loader
+from marrowscope.manifest import write_manifest
 from marrowscope.errors import MarrowscopeError
 from marrowscope.model import create_network
 from marrowscope.module import CellClassifier
@@ -36,49 +41,63 @@ HISTORY_FIELDS = ["epoch", "train_loss", "train_acc", "train_f1", "val_loss", "v
                   "seconds", "images_per_s"]
 
 
-class History(Checkpoint):
-    """Write one history.csv row per epoch and print it.
+class EpochLog(Callback):
+    """Per epoch: log its seconds, images/s and learning rate; turn Lightning's CSVLogger file into
+    history.csv (one row per epoch) and print each finished epoch's line.
 
-    It subclasses ``Checkpoint`` only so that Lightning calls it after the module's own
-    ``on_train_epoch_end``, when the epoch's training metrics have been logged.
+    Lightning writes an epoch's training metrics after the epoch-end hooks, so an epoch is
+    published when the next one starts, and the last at the end of training.
     """
 
     def __init__(self, path: Path, n_train: int):
-        self.path, self.n_train, self._t0 = path, n_train, 0.0
-
-    def on_train_start(self, trainer, pl_module):
-        # After a resume, drop rows of epochs the checkpoint does not include (killed in between).
-        if trainer.is_global_zero and self.path.exists() and trainer.current_epoch > 0:
-            with open(self.path, newline="") as fh:
-                rows = [r for r in csv.DictReader(fh) if int(r["epoch"]) <= trainer.current_epoch]
-            with open(self.path, "w", newline="") as fh:
-                w = csv.DictWriter(fh, HISTORY_FIELDS)
-                w.writeheader()
-                w.writerows(rows)
+        self.path, self.n_train, self._t0, self._printed = path, n_train, 0.0, 0
 
     def on_train_epoch_start(self, trainer, pl_module):
+        self._publish(trainer)
         self._t0 = time.perf_counter()
 
     def on_train_epoch_end(self, trainer, pl_module):
-        if not trainer.is_global_zero or trainer.sanity_checking:
-            return
-        m = {k: float(v) for k, v in trainer.callback_metrics.items()}
         secs = time.perf_counter() - self._t0
-        row = {"epoch": trainer.current_epoch + 1, **{k: m.get(k, float("nan")) for k in HISTORY_FIELDS[1:7]},
-               "lr": trainer.optimizers[0].param_groups[0]["lr"], "seconds": round(secs, 2),
-               "images_per_s": round(self.n_train / secs, 1)}
-        new = not self.path.exists() or trainer.current_epoch == 0
-        with open(self.path, "w" if new else "a", newline="") as fh:
-            w = csv.DictWriter(fh, HISTORY_FIELDS)
-            if new:
-                w.writeheader()
-            w.writerow({k: round(v, 5) if isinstance(v, float) else v for k, v in row.items()})
-        print(f"epoch {row['epoch']:3d}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f} "
-              f"F1 {row['train_f1']:.4f} | val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f} "
-              f"F1 {row['val_f1']:.4f} | lr {row['lr']:.2e} | {secs:.1f} s", file=sys.stderr, flush=True)
+        pl_module.log_dict({"seconds": secs, "images_per_s": self.n_train / secs,
+                            "lr": trainer.optimizers[0].param_groups[0]["lr"]}, sync_dist=True)
+
+    def on_train_end(self, trainer, pl_module):
+        self._publish(trainer)
+
+    def _publish(self, trainer) -> None:
+        if not trainer.is_global_zero or trainer.logger is None:
+            return
+        trainer.logger.save()
+        # one version folder per run segment (a resume starts a new one: CSVLogger clears a reused one)
+        parts = sorted(Path(trainer.logger.root_dir).glob("version_*/metrics.csv"),
+                       key=lambda p: int(p.parent.name.removeprefix("version_")))
+        if not parts:
+            return
+        rows = history_rows(parts)
+        write_csv(self.path, HISTORY_FIELDS, rows)
+        for row in rows:
+            if row["epoch"] > self._printed:
+                print(f"epoch {row['epoch']:3d}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f} "
+                      f"F1 {row['train_f1']:.4f} | val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f} "
+                      f"F1 {row['val_f1']:.4f} | lr {row['lr']:.2e} | {row['seconds']:.1f} s", file=sys.stderr,
+                      flush=True)
+                self._printed = row["epoch"]
 
 
-RUNTIME_FIELDS = ("accelerator", "devices", "num_nodes", "workers", "max_time", "precision", "data_root")
+def history_rows(metrics_csvs: list[Path]) -> list[dict]:
+    """Lightning's metrics.csv files, oldest first (train and val logged on separate rows; a resumed
+    run's epochs may repeat) -> one complete row per epoch (1-based), the latest values winning."""
+    by_epoch: dict[int, dict] = {}
+    for path in metrics_csvs:
+        with open(path, newline="") as fh:
+            for r in csv.DictReader(fh):
+                if r.get("epoch"):
+                    by_epoch.setdefault(int(float(r["epoch"])) + 1, {}).update(
+                        {k: round(float(v), 5) for k, v in r.items() if k in HISTORY_FIELDS[1:] and v != ""})
+    return [{"epoch": e, **row} for e, row in sorted(by_epoch.items()) if set(HISTORY_FIELDS[1:]) <= set(row)]
+
+
+RUNTIME_FIELDS = ("out", "accelerator", "devices", "num_nodes", "workers", "max_time", "precision", "data_root")
 
 
 def fit(cfg: TrainConfig) -> Path:
@@ -88,22 +107,63 @@ def fit(cfg: TrainConfig) -> Path:
     change: accelerator, devices, workers, time limit, data root), and training continues from
     ``checkpoints/last.ckpt``, the end of the last finished epoch.
     """
+    cfg = _resolve(cfg)
     out = Path(cfg.out)
-    ckpt_dir = out / "checkpoints"
-    last = ckpt_dir / "last.ckpt"
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    out.mkdir(parents=True, exist_ok=True)
+    samples = _samples(cfg)
+    net = create_network(cfg.model, len(cfg.classes), pretrained=cfg.pretrained, init_weights=cfg.init_weights,
+                         drop_rate=cfg.drop_rate)
+    data_config = data_config_for(net, cfg.img_size)
+    train_ds, val_ds = _datasets(cfg, samples, data_config)
+    module = CellClassifier(net, len(cfg.classes), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                            label_smoothing=cfg.label_smoothing, mixup=cfg.mixup)
+    best_cb = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="val_f1", mode="max",
+                              save_last=True, save_top_k=1, enable_version_counter=False)
+    trainer = _trainer(cfg, [best_cb, EarlyStopping("val_f1", mode="max", patience=cfg.patience),
+                             EpochLog(out / "history.csv", len(train_ds))])
+    if trainer.is_global_zero and not cfg.resume:
+        # the saved config names the data relative to the run folder, never by a machine's absolute path
+        replace(cfg, data=os.path.relpath(Path(cfg.data).resolve(), out.resolve()), out=".").save(
+            out / "config_train.json")
+        write_manifest(samples, out / "manifest.csv")
+    workers = cfg.workers if cfg.devices * cfg.num_nodes == 1 else min(cfg.workers, 2)
+    # weights_only: a checkpoint is data, and loading it must not run code
+    trainer.fit(module, make_loader(train_ds, cfg.batch_size, workers, True),
+                make_loader(val_ds, cfg.batch_size * 2, workers, False),
+                ckpt_path=str(out / "checkpoints" / "last.ckpt") if cfg.resume else None, weights_only=True)
+    if not trainer.is_global_zero:
+        return out / "model"
+    return _save_best(cfg, net, best_cb, data_config, samples, len(train_ds), len(val_ds))
+
+
+def _resolve(cfg: TrainConfig) -> TrainConfig:
+    """The config to run: ``cfg``, or with ``resume`` the run's saved one with ``cfg``'s runtime fields."""
+    out = Path(cfg.out)
+    last = out / "checkpoints" / "last.ckpt"
     if cfg.resume:
         if not last.exists() or not (out / "config_train.json").exists():
             raise MarrowscopeError(f"--resume: no checkpoint to resume from at '{last}'.")
+        try:  # a checkpoint is data: refuse one whose loading would run code, with a sentence
+            torch.load(last, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise MarrowscopeError(f"refused to resume from '{last}': it is not a plain checkpoint and loading it "
+                                   f"could run code ({type(exc).__name__}).") from None
         saved = TrainConfig.load(out / "config_train.json")
         for name in RUNTIME_FIELDS:
             setattr(saved, name, getattr(cfg, name))
-        cfg, cfg.resume = saved, True
-        print(f"resuming '{out}' with its saved config ({cfg.model}, {cfg.epochs} epochs)", file=sys.stderr)
-    elif last.exists():
+        saved.data = str(out / saved.data)  # saved relative to the run folder
+        saved.resume = True
+        print(f"resuming '{out}' with its saved config ({saved.model}, {saved.epochs} epochs)", file=sys.stderr)
+        return saved
+    if last.exists():
         raise MarrowscopeError(f"'{out}' already holds a training run; pass --resume to continue it or "
                                "choose another --out.")
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    out.mkdir(parents=True, exist_ok=True)
+    return cfg
+
+
+def _samples(cfg: TrainConfig) -> list:
+    """The run's samples, refusing a class without training or validation images."""
     samples, skipped = load_samples(cfg.data, cfg.classes, val=cfg.val, test=cfg.test, seed=cfg.seed,
                                     data_root=cfg.data_root)
     if skipped:
@@ -114,65 +174,55 @@ def fit(cfg: TrainConfig) -> Path:
         raise MarrowscopeError(f"class(es) {', '.join(empty)} have no training or no validation images; "
                                f"each of {list(cfg.classes)} needs both.")
     print(format_table(table), file=sys.stderr)
+    return samples
 
-    net = create_network(cfg.model, len(cfg.classes), pretrained=cfg.pretrained, init_weights=cfg.init_weights,
-                         drop_rate=cfg.drop_rate)
-    data_config = data_config_for(net, cfg.img_size)
-    by_split = {sp: [s for s in samples if s.split == sp] for sp in SPLITS}
-    train_ds = CellDataset(by_split["train"], cfg.classes, train_transform(data_config), workers=cfg.workers)
-    val_ds = CellDataset(by_split["val"], cfg.classes, eval_transform(data_config), workers=cfg.workers)
-    for ds in (train_ds, val_ds):
+
+def _datasets(cfg: TrainConfig, samples: list, data_config: dict) -> list[CellDataset]:
+    """The training (augmented) and validation datasets."""
+    datasets = [CellDataset([s for s in samples if s.split == sp], cfg.classes, transform, workers=cfg.workers)
+                for sp, transform in (("train", train_transform(data_config)), ("val", eval_transform(data_config)))]
+    for ds in datasets:
         if ds.skipped:
             print(format_skipped(ds.skipped), file=sys.stderr)
+    return datasets
 
+
+def _trainer(cfg: TrainConfig, callbacks: list) -> L.Trainer:
     on_gpu = cfg.accelerator in ("gpu", "cuda") or (cfg.accelerator == "auto" and torch.cuda.is_available())
-    module = CellClassifier(net, len(cfg.classes), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                            label_smoothing=cfg.label_smoothing, mixup=cfg.mixup)
-    best_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_f1", mode="max", save_last=True,
-                              save_top_k=1, enable_version_counter=False)
-    history = History(out / "history.csv", len(train_ds))
-    trainer = L.Trainer(
+    return L.Trainer(
         max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes,
         strategy="ddp" if cfg.devices * cfg.num_nodes > 1 else "auto",
         precision=cfg.precision or ("bf16-mixed" if on_gpu else "32-true"),
-        deterministic=not on_gpu, max_time=cfg.max_time, num_sanity_val_steps=0, logger=False,
-        callbacks=[best_cb, EarlyStopping("val_f1", mode="max", patience=cfg.patience), history],
-        default_root_dir=out, log_every_n_steps=10,
+        deterministic=not on_gpu, max_time=cfg.max_time, num_sanity_val_steps=0,
+        logger=CSVLogger(cfg.out, name="logs"), callbacks=callbacks,
+        default_root_dir=cfg.out, log_every_n_steps=10,
     )
-    if trainer.is_global_zero and not cfg.resume:
-        cfg.save(out / "config_train.json")
-        write_manifest(samples, out / "manifest.csv", _common_root(samples))
-    workers = cfg.workers if cfg.devices * cfg.num_nodes == 1 else min(cfg.workers, 2)
-    trainer.fit(module, make_loader(train_ds, cfg.batch_size, workers, True),
-                make_loader(val_ds, cfg.batch_size * 2, workers, False),
-                ckpt_path=str(last) if cfg.resume else None)
-    if not trainer.is_global_zero:
-        return out / "model"
 
-    best = best_cb.best_model_path or str(last)
-    state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]  # our own checkpoint
-    net.load_state_dict({k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")})
-    net = net.to(memory_format=torch.contiguous_format).float()
+
+def _save_best(cfg: TrainConfig, net, best_cb: ModelCheckpoint, data_config: dict, samples: list,
+               n_train: int, n_val: int) -> Path:
+    """The best epoch's weights -> the model folder, with curves, history, config and manifest."""
     from marrowscope.plots import plot_history
 
+    out = Path(cfg.out)
+    best = best_cb.best_model_path or str(out / "checkpoints" / "last.ckpt")
+    state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+    net.load_state_dict({k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")})
+    net = net.to(memory_format=torch.contiguous_format).float()
     plot_history(out / "history.csv", out / "curves.png")
-    best_score = best_cb.best_model_score
-    extra = {"trained_on": str(Path(cfg.data).resolve()), "best_val_f1": None if best_score is None else round(float(best_score), 4),
-             "train_images": len(train_ds), "val_images": len(val_ds),
+    score = best_cb.best_model_score
+    extra = {"trained_on": Path(cfg.data).name, "best_val_f1": None if score is None else round(float(score), 4),
+             "train_images": n_train, "val_images": n_val, "tta": False,
              "recipe": {k: getattr(cfg, k) for k in ("model", "img_size", "epochs", "batch_size", "lr",
                                                       "weight_decay", "label_smoothing", "mixup", "pretrained",
                                                       "seed")},
              "init_weights": Path(cfg.init_weights).name if cfg.init_weights else None}
-    files = {n: out / n for n in ("history.csv", "curves.png", "config_train.json", "manifest.csv")
-             if (out / n).exists()}
+    files = {n: out / n for n in ("history.csv", "curves.png", "config_train.json") if (out / n).exists()}
+    # the model folder's own manifest, its paths relative to the model folder
+    files["manifest.csv"] = write_manifest(samples, out / "manifest_model.csv.tmp", folder=out / "model")
     model_dir = save_model_folder(net, out / "model", cfg.classes, data_config, extra=extra, half=cfg.half,
                                   files=files)
-    print(f"best epoch val macro-F1 {extra['best_val_f1']} (validation split, {len(val_ds)} images); "
+    files["manifest.csv"].unlink()
+    print(f"best epoch val macro-F1 {extra['best_val_f1']} (validation split, {n_val} images); "
           f"model folder: {model_dir}", file=sys.stderr)
     return model_dir
-
-
-def _common_root(samples) -> Path:
-    import os
-
-    return Path(os.path.commonpath([str(Path(s.path).resolve().parent.parent) for s in samples]))

@@ -29,6 +29,15 @@ def eval_transform(data_config: dict):
     )
 
 
+def eval_geometry(data_config: dict):
+    """The eval transform's resize and centre crop alone (PIL -> PIL): the pixels the network sees,
+    for drawing Grad-CAM over exactly them."""
+    from torchvision import transforms as T
+
+    steps = eval_transform(data_config).transforms
+    return T.Compose([s for s in steps if isinstance(s, (T.Resize, T.CenterCrop))])
+
+
 class RandomRot90(torch.nn.Module):
     """Rotate by 0, 90, 180 or 270 degrees: exact, no interpolation, no filled corners."""
 
