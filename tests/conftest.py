@@ -12,7 +12,9 @@ from PIL import Image
 from marrowscope.classes import CLASSES
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
-REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "bone-marrow-7"
+from marrowscope.data import DEFAULT_DATA_CANDIDATES  # noqa: E402
+
+REAL_DATA = DEFAULT_DATA_CANDIDATES[0]  # ../shared/data/bone-marrow-7 beside the checkout
 COLOURS = [(200, 40, 40), (40, 160, 40), (40, 40, 200), (200, 160, 40), (160, 40, 200), (40, 160, 160), (90, 90, 90)]
 
 

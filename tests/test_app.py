@@ -196,3 +196,33 @@ def test_export_space_serves_the_same_app(tiny_model, tmp_path):
         assert len(top["confidences"]) == 3
     finally:
         proc.kill()
+
+
+def test_review_keeps_two_uploads_of_the_same_name_apart(predictor, tmp_path):
+    """Microscope exports often share a name (u1/cell.png, u2/cell.png): each keeps its own bytes."""
+    import csv
+    import hashlib
+
+    paths = []
+    for k, sub in enumerate(("u1", "u2")):
+        (tmp_path / sub).mkdir()
+        paths.append(_save(tmp_path / sub, "cell.png", synthetic_cell(k + 1, k)))
+    *_, review, state = batch(predictor, paths)
+    review[0][3], review[1][3] = "EOS", "BLA"
+    files, _ = review_export(list(CLASSES), review, state)
+    with open(files[1], newline="") as fh:
+        rows = {r["label"]: r for r in csv.DictReader(fh)}
+    want = {lab: hashlib.sha256(Path(p).read_bytes()).hexdigest() for lab, p in zip(("EOS", "BLA"), paths)}
+    assert want["EOS"] != want["BLA"]
+    assert {lab: rows[lab]["sha256"] for lab in want} == want
+    tree = Path(files[1]).parent
+    assert {lab: hashlib.sha256((tree / rows[lab]["path"]).read_bytes()).hexdigest() for lab in want} == want
+
+
+def test_app_owns_its_disk(predictor):
+    from marrowscope.app import CACHE_SWEEP, STATE_TTL_S
+
+    demo = build_demo(predictor)
+    assert demo.delete_cache == CACHE_SWEEP
+    states = [b for b in demo.blocks.values() if isinstance(b, gr.State)]
+    assert states and all(s.time_to_live == STATE_TTL_S and s.delete_callback is not None for s in states)

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 
 from marrowscope.artifacts import DEFAULT_MODEL, read_model_info
 from marrowscope.classes import CLASSES
@@ -23,6 +25,7 @@ def test_shipped_test_report_matches_the_bar():
     assert m["macro_f1"] >= 0.85
 
 
+@pytest.mark.slow
 def test_classifies_real_test_images(real_data):
     """Five test-split images per class (never seen in training or model choice), both backends."""
     samples = [s for s in read_manifest(DEFAULT_MODEL / "manifest.csv", data_root=real_data) if s.split == "test"]
@@ -34,3 +37,17 @@ def test_classifies_real_test_images(real_data):
         assert correct / len(picked) >= 0.75, (backend, correct)
     eos = [s for s in picked if s.label == "EOS"]
     assert all(next(iter(Predictor().predict(s.path))) == "EOS" for s in eos)  # the easiest class: all right
+
+
+def test_committed_files_hold_no_build_machine_paths():
+    import re
+
+    root = DEFAULT_MODEL.parents[1]
+    files = [*DEFAULT_MODEL.glob("*.json"), *DEFAULT_MODEL.glob("*.csv"), *(DEFAULT_MODEL / "test_report").glob("*.*"),
+             *(root / "bench").glob("*.json")]
+    absolute = re.compile(r"(?<![\w.])/(work|root|home|tmp|Users)/")
+    for f in files:
+        if f.suffix in (".json", ".csv"):
+            assert not absolute.search(f.read_text()), f
+    first = (DEFAULT_MODEL / "manifest.csv").read_text().splitlines()[0]
+    assert first == "path,label,split,sha256"

@@ -133,9 +133,11 @@ def cmd_evaluate(a) -> None:
 
 
 def _add_calibrate(sub) -> None:
+    from marrowscope.data import SPLITS
+
     s = sub.add_parser("calibrate", help="fit softmax temperatures on validation images (with and without TTA)")
     data_flags(s, "*")
-    s.add_argument("--split", default="val", choices=["val", "train"])
+    s.add_argument("--split", default="val", choices=[sp for sp in SPLITS if sp != "test"])
     inference_flags(s)
     s.set_defaults(func=cmd_calibrate)  # --tta/--no-tta given here also becomes the folder's default
 
@@ -193,8 +195,13 @@ def _add_app(sub) -> None:
     s.add_argument("--examples", default=None, help="class-folder tree to take example images from "
                    "(default: ../shared/data/bone-marrow-7 if present)")
     s.add_argument("--no-explain", action="store_true", help="skip Grad-CAM overlays")
-    s.set_defaults(func=lambda a: __import__("marrowscope.app").app.launch(
-        a.model, host=a.host, port=a.port, examples_dir=a.examples, explain=not a.no_explain))
+    s.set_defaults(func=cmd_app)
+
+
+def cmd_app(a) -> None:
+    from marrowscope.app import launch
+
+    launch(a.model, host=a.host, port=a.port, examples_dir=a.examples, explain=not a.no_explain)
 
 
 def _add_export_onnx(sub) -> None:

@@ -67,7 +67,7 @@ def read_manifest(path: str | Path, data_root: Optional[str | Path] = None) -> l
                                    "class folders.")
         files = [Path(data_root) / t for t in tails]
     elif (path.parent / rows[0]["path"]).exists():
-        files = [path.parent / r["path"] for r in rows]
+        files = [Path(os.path.normpath(path.parent / r["path"])) for r in rows]
     elif default_data_dir() is not None and (default_data_dir() / tails[0]).exists():
         print(f"manifest '{path}': images read from {default_data_dir()}", file=sys.stderr)
         files = [default_data_dir() / t for t in tails]
