@@ -139,18 +139,18 @@ def test_launched_app_through_gradio_client(predictor, explainer, tmp_path):
     demo.launch(prevent_thread_lock=True, server_port=port, max_file_size="1mb")
     try:
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
-        top, _, _ = client.predict(handle_file(_save(tmp_path, "a.png")), api_name="/classify")
+        top, _, _ = client.predict(handle_file(_save(tmp_path, "a.png")), 0, api_name="/classify")
         confs = [c["confidence"] for c in top["confidences"]]
         assert len(confs) == 3 and confs == sorted(confs, reverse=True) and sum(confs) <= 1 + 1e-6
         bad = tmp_path / "bad.png"
         bad.write_bytes(b"nope")
         with pytest.raises(Exception, match="not an image format"):
-            client.predict(handle_file(str(bad)), api_name="/classify")
+            client.predict(handle_file(str(bad)), 0, api_name="/classify")
         big = tmp_path / "big.bmp"
         Image.new("RGB", (1000, 1000)).save(big)  # 3 MB, above this app's 1 MB limit
         with pytest.raises(Exception, match="(?i)file.*(size|large|exceed)"):
-            client.predict(handle_file(str(big)), api_name="/classify")
-        top, _, _ = client.predict(handle_file(_save(tmp_path, "b.png")), api_name="/classify")  # still serving
+            client.predict(handle_file(str(big)), 0, api_name="/classify")
+        top, _, _ = client.predict(handle_file(_save(tmp_path, "b.png")), 0, api_name="/classify")  # still serving
         assert len(top["confidences"]) == 3
         import urllib.error
         import urllib.request
@@ -192,7 +192,7 @@ def test_export_space_serves_the_same_app(tiny_model, tmp_path):
                 break
             except Exception:
                 time.sleep(1)
-        top, _, _ = client.predict(handle_file(_save(tmp_path, "a.png")), api_name="/classify")
+        top, _, _ = client.predict(handle_file(_save(tmp_path, "a.png")), 0, api_name="/classify")
         assert len(top["confidences"]) == 3
     finally:
         proc.kill()

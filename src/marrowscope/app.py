@@ -16,7 +16,7 @@ from typing import Optional
 
 import gradio as gr
 
-from marrowscope.batch import BatchResult
+from marrowscope.batch import UNUSUAL_WARNING, BatchResult
 from marrowscope.classes import FULL_NAMES, display_name
 from marrowscope.config import REVIEW_BELOW
 from marrowscope.errors import MarrowscopeError, Unreadable
@@ -45,13 +45,17 @@ class CellImage(gr.Image):
         return super().preprocess(payload)
 
 
-def classify(predictor: Predictor, explainer, image_path: Optional[str], review_below: float = REVIEW_BELOW):
-    """One image -> ({display name: probability} of the top 3, Grad-CAM overlay or None, advice)."""
+def classify(predictor: Predictor, explainer, image_path: Optional[str], review_below: float = REVIEW_BELOW,
+             pixel_size: Optional[float] = None):
+    """One image -> ({display name: probability} of the top 3, Grad-CAM overlay or None, advice).
+    ``pixel_size`` (µm per pixel; None or 0: estimated) sets the image's scale."""
     if not image_path:
         raise gr.Error("Upload, paste or drop a cell image first.")
     try:
-        top = list(predictor.predict(image_path).items())[:3]
-        overlay = explainer.overlay(image_path, predictor.classes.index(top[0][0])) if explainer else None
+        pred = predictor.predict_one(image_path, pixel_size or None)
+        top = pred.top_k(predictor.classes, 3)
+        overlay = explainer.overlay(image_path, predictor.classes.index(top[0][0]), pixel_size=pixel_size or None) \
+            if explainer else None
     except MarrowscopeError as exc:
         raise gr.Error(_tidy(str(exc), image_path, Path(image_path).name)) from None
     label, p = top[0]
@@ -60,6 +64,11 @@ def classify(predictor: Predictor, explainer, image_path: Optional[str], review_
                   f"{review_below:.0%}). Its best guess is {display_name(label)}.")
     else:
         advice = f"Most likely **{display_name(label)}** ({p:.0%})."
+    if predictor.is_unusual(pred):
+        advice = "**Warning:** this image looks unlike the images the model learnt from: results may be wrong.\n\n" \
+                 + advice
+    if pred.scale is not None:
+        advice += f"\n\nScale: {pred.scale}."
     return {display_name(c): v for c, v in top}, overlay, advice
 
 
@@ -75,7 +84,7 @@ def drop_batch(state: Optional[dict]) -> None:
 
 
 def batch(predictor: Predictor, files: Optional[list], state: Optional[dict] = None,
-          review_below: float = REVIEW_BELOW):
+          review_below: float = REVIEW_BELOW, pixel_size: Optional[float] = None):
     """Many images (or zips) -> per-image table, differential count table and chart, CSVs, notes,
     review rows and the new state (the previous batch's folder is removed)."""
     paths = [f if isinstance(f, str) else getattr(f, "name", str(f)) for f in (files or [])]
@@ -84,10 +93,14 @@ def batch(predictor: Predictor, files: Optional[list], state: Optional[dict] = N
     drop_batch(state)
     workdir = scratch_dir("batch")
     uploads = expand_uploads(paths, workdir)
-    result = BatchResult(list(predictor.classes), 3, review_below)
+    try:
+        predictor.preprocess.check_pixel_size(pixel_size)
+    except MarrowscopeError as exc:
+        raise gr.Error(str(exc)) from None
+    result = BatchResult(list(predictor.classes), 3, review_below, predictor.unusual_above)
     cells = []
-    for item, path, name in zip(predictor.predict_many(uploads.files, names=uploads.names), uploads.files,
-                                uploads.names):
+    stream = predictor.predict_many(uploads.files, names=uploads.names, pixel_size=pixel_size or None)
+    for item, path, name in zip(stream, uploads.files, uploads.names):
         if isinstance(item, Unreadable):
             item = Unreadable(name, _tidy(item.reason, path, name))
         else:
@@ -97,11 +110,13 @@ def batch(predictor: Predictor, files: Optional[list], state: Optional[dict] = N
         result.add(problem)
     csv_path, counts_path = result.write(workdir / "predictions.csv")
     rows = [[r["file"], display_name(r["predicted"]) if r["predicted"] else "unreadable",
-             r["probability"], _top3_text(r), r["review"]] for r in result.rows]
+             r["probability"], _top3_text(r), r["review"], r.get("unusual", "")] for r in result.rows]
     counts = [[display_name(c["class"]), c["cells"], c["percent"]] for c in result.counts]
     errors = [f"- {r['file']}: {r['error']}" for r in result.errors]
     note = (f"Classified {len(result.classified)} cell(s); {sum(1 for r in result.rows if r['review'])} "
             "flagged for review.")
+    if result.unusual:
+        note = f"**Warning:** {len(result.unusual)} of {len(result.classified)} image(s): {UNUSUAL_WARNING}\n\n" + note
     if errors:
         note += f"\n\n**{len(errors)} problem(s):**\n" + "\n".join(errors)
     review_rows = [[r["file"], r["predicted"], r["probability"], r["predicted"]] for r in result.classified]
@@ -129,11 +144,17 @@ def review_export(classes: list[str], review_rows, state: Optional[dict]):
 
 
 # ---------------------------------------------------------------- layout: one builder per tab
-def _classify_tab(predictor: Predictor, explainer, examples: list[str], review_below: float) -> None:
+def _pixel_size_box(default: Optional[float]):
+    return gr.Number(value=default or 0, minimum=0, label="Pixel size in µm (0: estimate from red cells)")
+
+
+def _classify_tab(predictor: Predictor, explainer, examples: list[str], review_below: float,
+                  pixel_size: Optional[float]) -> None:
     with gr.Row():
         with gr.Column():
             image = CellImage(type="filepath", label="Cell image (upload, paste or drop)",
                               sources=["upload", "clipboard"], image_mode=None)
+            pixel = _pixel_size_box(pixel_size)
             go = gr.Button("Classify", variant="primary")
         with gr.Column():
             label = gr.Label(num_top_classes=3, label="Top 3 cell types", elem_id="top3")
@@ -141,24 +162,25 @@ def _classify_tab(predictor: Predictor, explainer, examples: list[str], review_b
             cam = gr.Image(label="Grad-CAM: where the model looked", interactive=False)
     if examples:
         gr.Examples(examples, inputs=image, label="Examples, one per class")
-    go.click(lambda p: classify(predictor, explainer, p, review_below), image, [label, cam, advice],
-             api_name="classify")
+    go.click(lambda p, um: classify(predictor, explainer, p, review_below, um), [image, pixel],
+             [label, cam, advice], api_name="classify")
 
 
-def _batch_and_review_tabs(predictor: Predictor, review_below: float) -> None:
+def _batch_and_review_tabs(predictor: Predictor, review_below: float, pixel_size: Optional[float]) -> None:
     classes = list(predictor.classes)
     # the batch folder's owner: removed an hour after last use, or with the next batch
     state = gr.State({}, time_to_live=STATE_TTL_S, delete_callback=drop_batch)
     with gr.Tab("Batch / differential count"):
         files = gr.File(file_count="multiple", label="Cell images or a zip of them",
                         file_types=[*IMAGE_EXTENSIONS, ".zip"])
+        pixel = _pixel_size_box(pixel_size)
         run = gr.Button("Classify all", variant="primary")
         note = gr.Markdown()
         with gr.Row():
             counts = gr.Dataframe(headers=["cell type", "cells", "percent"], label="Differential count")
             chart = gr.Plot(label="Differential count")
-        table = gr.Dataframe(headers=["file", "predicted", "probability", "top 3", "review"], label="Per image",
-                             wrap=True)
+        table = gr.Dataframe(headers=["file", "predicted", "probability", "top 3", "review", "unusual"],
+                             label="Per image", wrap=True)
         downloads = gr.File(label="CSV downloads", interactive=False)
     with gr.Tab("Review"):
         gr.Markdown("Confirm or correct each cell's label (edit the **label** column with a class code: "
@@ -168,7 +190,7 @@ def _batch_and_review_tabs(predictor: Predictor, review_below: float) -> None:
         export = gr.Button("Export reviewed labels")
         export_note = gr.Markdown()
         exported = gr.File(label="reviewed.zip (class folders + labels.csv)", interactive=False)
-    run.click(lambda f, s: batch(predictor, f, s, review_below), [files, state],
+    run.click(lambda f, s, um: batch(predictor, f, s, review_below, um), [files, state, pixel],
               [table, counts, chart, downloads, note, review, state], api_name="batch")
     export.click(lambda r, s: review_export(classes, r, s), [review, state], [exported, export_note],
                  api_name="export_review")
@@ -197,7 +219,7 @@ def _data_tab(model_dir: Path, classes: list[str]) -> None:
 
 
 def build_demo(predictor: Predictor, *, explainer=None, examples_dir: Optional[Path] = None,
-               review_below: float = REVIEW_BELOW) -> gr.Blocks:
+               review_below: float = REVIEW_BELOW, pixel_size: Optional[float] = None) -> gr.Blocks:
     """The app for one loaded model (the model is loaded once, not per request)."""
     classes = list(predictor.classes)
     examples_out = scratch_dir("examples")
@@ -208,8 +230,8 @@ def build_demo(predictor: Predictor, *, explainer=None, examples_dir: Optional[P
         gr.Markdown(f"# {title}\nFor research and education; not a medical device. Classes: " +
                     ", ".join(f"{c} {FULL_NAMES.get(c, '')}".strip() for c in classes) + ".")
         with gr.Tab("Classify"):
-            _classify_tab(predictor, explainer, examples, review_below)
-        _batch_and_review_tabs(predictor, review_below)
+            _classify_tab(predictor, explainer, examples, review_below, pixel_size)
+        _batch_and_review_tabs(predictor, review_below, pixel_size)
         with gr.Tab("Model"):
             _model_tab(predictor.model_dir)
         with gr.Tab("Data"):
@@ -218,7 +240,8 @@ def build_demo(predictor: Predictor, *, explainer=None, examples_dir: Optional[P
 
 
 def launch(model: Optional[str] = None, host: str = "127.0.0.1", port: int = 7860,
-           examples_dir: Optional[str] = None, explain: bool = True, **launch_kw):
+           examples_dir: Optional[str] = None, explain: bool = True, pixel_size: Optional[float] = None,
+           **launch_kw):
     """Load the model once and serve the app (127.0.0.1 unless told otherwise)."""
     from marrowscope.data import default_data_dir
 
@@ -229,7 +252,7 @@ def launch(model: Optional[str] = None, host: str = "127.0.0.1", port: int = 786
 
         explainer = Explainer(predictor.model_dir)
     examples = Path(examples_dir) if examples_dir else default_data_dir()
-    demo = build_demo(predictor, explainer=explainer, examples_dir=examples)
+    demo = build_demo(predictor, explainer=explainer, examples_dir=examples, pixel_size=pixel_size)
     demo.queue(default_concurrency_limit=4)
     return demo.launch(server_name=host, server_port=port, max_file_size=MAX_UPLOAD, show_error=False,
                        **launch_kw)

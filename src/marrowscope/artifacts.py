@@ -46,6 +46,12 @@ class ModelInfo:
         """Whether inference averages over flips and turns by default (set by ``calibrate --tta``)."""
         return bool(self.extra.get("tta", False))
 
+    @property
+    def scale(self) -> Optional[dict]:
+        """The training images' pixel size and field (``pixel_size_um``, ``field_px``), if measured."""
+        scale = self.extra.get("scale")
+        return scale if scale and {"pixel_size_um", "field_px"} <= set(scale) else None
+
     def temperature(self, tta: bool) -> float:
         """The softmax temperature fitted for inference with or without TTA; 1.0 if none was."""
         t = self.extra.get("temperature", 1.0)

@@ -15,12 +15,21 @@ from marrowscope.errors import Unreadable
 from marrowscope.predict import Predictor, Result, collect_images, differential_count
 
 
+UNUSUAL_WARNING = ("these images look unlike the images the model learnt from (another lab, stain, scanner or "
+                   "magnification?): results may be wrong.")
+
+
 @dataclass
 class BatchResult:
     classes: list[str]
     top_k: int = 3
     review_below: float = REVIEW_BELOW
+    unusual_above: Optional[float] = None  # the model folder's domain-check threshold, if it has one
     rows: list[dict] = field(default_factory=list)
+
+    @property
+    def unusual(self) -> list[dict]:
+        return [r for r in self.rows if r.get("unusual") == "yes"]
 
     @property
     def errors(self) -> list[dict]:
@@ -43,15 +52,20 @@ class BatchResult:
         else:
             top = result.top_k(self.classes, self.top_k)
             row = {"file": name, "status": "ok", "predicted": top[0][0], "probability": round(top[0][1], 4),
-                   "review": "yes" if top[0][1] < self.review_below else "", "error": ""}
+                   "review": "yes" if top[0][1] < self.review_below else "", "error": "",
+                   "scale": str(result.scale or "")}
             for i, (label, p) in enumerate(top, 1):
                 row[f"top{i}"], row[f"p{i}"] = label, round(p, 4)
+            if result.domain_score is not None and self.unusual_above is not None:
+                row["domain_score"] = round(result.domain_score, 3)
+                row["unusual"] = "yes" if result.domain_score > self.unusual_above else "no"
         self.rows.append(row)
         return row
 
     def columns(self) -> list[str]:
         tops = [c for i in range(1, self.top_k + 1) for c in (f"top{i}", f"p{i}")]
-        return ["file", "status", "predicted", "probability", *tops, "review", "error"]
+        return ["file", "status", "predicted", "probability", *tops, "review", "domain_score", "unusual", "scale",
+                "error"]
 
     def write(self, out_csv: str | Path) -> tuple[Path, Path]:
         """``out_csv`` (one row per image) and ``<stem>_counts.csv`` (the differential count)."""
@@ -65,6 +79,8 @@ class BatchResult:
         lines = [f"differential count of {len(self.classified)} classified cell(s):"]
         lines += [f"  {c['class']:<5}{c['cells']:>7}{c['percent']:>7.1f} %" for c in self.counts]
         lines.append(f"{flagged} cell(s) flagged for review (top probability below {self.review_below:.2f})")
+        if self.unusual:
+            lines.append(f"{len(self.unusual)} of {len(self.classified)} image(s): {UNUSUAL_WARNING}")
         if self.errors:
             lines.append(f"{len(self.errors)} file(s) could not be read:")
             lines += [f"  {r['file']}: {r['error']}" for r in self.errors]
@@ -88,7 +104,7 @@ def run_batch(predictor: Predictor, paths: Sequence[str | Path], out_csv: Option
         from tqdm import tqdm
 
         stream = tqdm(stream, total=len(files), unit="img", desc="classifying")
-    result = BatchResult(list(predictor.classes), top_k, review_below)
+    result = BatchResult(list(predictor.classes), top_k, review_below, predictor.unusual_above)
     for item in [*missing, *stream]:
         result.add(item)
     if out_csv:

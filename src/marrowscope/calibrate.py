@@ -51,7 +51,7 @@ def calibrate(predictor: Predictor, data: str | Path, split: str = "val", seed: 
             if isinstance(item, Unreadable):
                 unreadable.append(item)
             else:
-                logits.append(item[1])
+                logits.append(item.logits)
                 ys.append(index[s.label])
     finally:
         predictor.tta = tta_was

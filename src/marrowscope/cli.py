@@ -71,6 +71,8 @@ def cmd_stats(a) -> None:
 
 # ---------------------------------------------------------------- train
 def _add_train(sub) -> None:
+    from marrowscope.transforms import AUGMENTATIONS
+
     d = TrainConfig()
     s = sub.add_parser("train", help="train a timm classifier with PyTorch Lightning")
     s.add_argument("data", nargs="?", help="class-folder tree or manifest CSV")
@@ -81,6 +83,8 @@ def _add_train(sub) -> None:
     for name in ("lr", "weight_decay", "label_smoothing", "mixup", "drop_rate", "val", "test"):
         s.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
     s.add_argument("--classes", type=classes_arg, default=CLASSES)
+    s.add_argument("--augment", default=d.augment, choices=AUGMENTATIONS,
+                   help="light: crops, flips, colour; lab: also stain, background, zoom, blur, JPEG")
     s.add_argument("--pretrained", action="store_true", help="start from ImageNet weights")
     s.add_argument("--init-weights", default=None, help=".safetensors/.pth state dict or model folder to start from")
     s.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu", "cuda", "mps"])
@@ -121,7 +125,7 @@ def cmd_evaluate(a) -> None:
     from marrowscope.predict import Predictor
 
     model_then_data(a)
-    predictor = Predictor(a.model, backend=a.backend, tta=a.tta)
+    predictor = Predictor(a.model, backend=a.backend, tta=a.tta, pixel_size=a.pixel_size)
     m = evaluate(predictor, data_or_default(a.data), a.split, a.out, seed=a.seed, data_root=a.data_root,
                  launch=launch_settings(a))
     if m is None:  # a DDP rank other than 0: rank 0 reports
@@ -148,7 +152,8 @@ def cmd_calibrate(a) -> None:
     from marrowscope.predict import Predictor
 
     model_then_data(a)
-    r = calibrate(Predictor(a.model, backend=a.backend), data_or_default(a.data), a.split, seed=a.seed,
+    r = calibrate(Predictor(a.model, backend=a.backend, pixel_size=a.pixel_size), data_or_default(a.data), a.split,
+                  seed=a.seed,
                   data_root=a.data_root, tta=a.tta)
     for key, label in (("tta", "with TTA"), ("no_tta", "without TTA")):
         f = r[key]
@@ -177,11 +182,16 @@ def cmd_predict(a) -> None:
     from marrowscope.batch import run_batch
     from marrowscope.predict import Predictor
 
-    predictor = Predictor(a.model, backend=a.backend, tta=a.tta)
+    predictor = Predictor(a.model, backend=a.backend, tta=a.tta, pixel_size=a.pixel_size)
     result = run_batch(predictor, a.paths, a.out, top_k=a.top_k, review_below=a.review_below,
                        batch_size=a.batch_size, progress=not a.quiet, launch=launch_settings(a))
     if result is None:  # a DDP rank other than 0: rank 0 reports
         return
+    if result.unusual:
+        from marrowscope.batch import UNUSUAL_WARNING
+
+        print(f"warning: {len(result.unusual)} of {len(result.classified)} image(s): {UNUSUAL_WARNING}",
+              file=sys.stderr)
     print(result.summary())
     print(f"wrote {a.out} and its _counts.csv")
 
@@ -195,13 +205,16 @@ def _add_app(sub) -> None:
     s.add_argument("--examples", default=None, help="class-folder tree to take example images from "
                    "(default: ../shared/data/bone-marrow-7 if present)")
     s.add_argument("--no-explain", action="store_true", help="skip Grad-CAM overlays")
+    s.add_argument("--pixel-size", type=float, default=None, metavar="UM",
+                   help="default micrometres per pixel of uploads (each upload may set its own)")
     s.set_defaults(func=cmd_app)
 
 
 def cmd_app(a) -> None:
     from marrowscope.app import launch
 
-    launch(a.model, host=a.host, port=a.port, examples_dir=a.examples, explain=not a.no_explain)
+    launch(a.model, host=a.host, port=a.port, examples_dir=a.examples, explain=not a.no_explain,
+           pixel_size=a.pixel_size)
 
 
 def _add_export_onnx(sub) -> None:

@@ -52,6 +52,9 @@ def inference_flags(s) -> None:
     s.add_argument("--backend", default="auto", choices=BACKENDS)
     s.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="average over flips and 90-degree turns, 4x the compute (default: as the model folder says)")
+    s.add_argument("--pixel-size", type=float, default=None, metavar="UM",
+                   help="micrometres per pixel of the images (default: estimated from their red cells, else "
+                        "assumed equal to the training images')")
 
 
 def launch_flags(s) -> None:

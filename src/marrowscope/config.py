@@ -31,6 +31,7 @@ class TrainConfig:
     weight_decay: float = 0.05
     label_smoothing: float = 0.1
     mixup: float = 0.0                # mixup/cutmix probability per batch (timm Mixup), 0 = off
+    augment: str = "light"            # "lab": also stain, background, zoom, blur and JPEG (other labs)
     drop_rate: float = 0.2
     pretrained: bool = False
     init_weights: Optional[str] = None

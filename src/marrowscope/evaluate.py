@@ -73,6 +73,8 @@ def format_report(m: dict, classes: Sequence[str]) -> str:
     lines += ["", f"accuracy {m['accuracy']:.4f}  balanced accuracy {m['balanced_accuracy']:.4f}  "
                   f"macro-F1 {m['macro_f1']:.4f}  weighted F1 {m['weighted_f1']:.4f}",
               f"log loss {m['log_loss']:.4f}  expected calibration error {m['ece']:.4f}"]
+    if "unusual_share" in m:
+        lines.append(f"domain check: {m['unusual_share']:.1%} of the images look unlike the training images")
     if m.get("overlap_with_training"):
         lines.append(f"WARNING: {m['overlap_with_training']} of these images are in the model's training split.")
     return "\n".join(lines)
@@ -126,6 +128,10 @@ def _report(predictor: Predictor, data, split: str, kept: list, unreadable: list
     trained = _training_hashes(predictor.model_dir)
     m["overlap_with_training"] = sum(1 for s, _ in kept if (s.sha256 or sha256_of(s.path)) in trained)
     settings = f"{predictor.backend}, TTA {'on' if predictor.tta else 'off'}, temperature {predictor.temperature:g}"
+    scores = [r.domain_score for _, r in kept if r.domain_score is not None]
+    if scores and predictor.unusual_above is not None:
+        m["unusual_share"] = float(np.mean(np.array(scores) > predictor.unusual_above))
+        m["domain_threshold"] = predictor.unusual_above
     m.update({
         "data": Path(data).name, "split": split, "model": predictor.model_dir.name, "backend": predictor.backend,
         "tta": predictor.tta, "temperature": predictor.temperature,
@@ -136,15 +142,24 @@ def _report(predictor: Predictor, data, split: str, kept: list, unreadable: list
     return m
 
 
+def _domain_cells(score: Optional[float], above: Optional[float]) -> tuple[str, str]:
+    if score is None or above is None:
+        return "", ""
+    return f"{score:.3f}", "yes" if score > above else "no"
+
+
 def _write(m: dict, kept: list, classes: Sequence[str], out: Path) -> None:
     from marrowscope.plots import plot_confusion, plot_reliability
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(m, indent=2))
     # paths relative to the data's root: the report reads the same on every machine
-    write_csv(out / "predictions.csv", ["path", "label", "predicted", "confidence", *classes],
+    above = m.get("domain_threshold")
+    write_csv(out / "predictions.csv",
+              ["path", "label", "predicted", "confidence", *classes, "domain_score", "unusual", "scale"],
               ([s.rel or s.path.name, s.label, classes[int(r.probs.argmax())], f"{r.probs.max():.4f}",
-                *(f"{p:.4f}" for p in r.probs)] for s, r in kept))
+                *(f"{p:.4f}" for p in r.probs), *_domain_cells(r.domain_score, above), str(r.scale or "")]
+               for s, r in kept))
     title = f"{m['split']} split, {len(kept)} images"
     plot_confusion(np.array(m["confusion_matrix"]), classes, out / "confusion_matrix.png", title)
     plot_reliability(m["reliability_bins"], m["ece"], out / "reliability.png", title)

@@ -13,29 +13,31 @@ from PIL import Image
 from marrowscope.artifacts import load_model_folder
 from marrowscope.images import ImageSource, decode_image
 from marrowscope.model import gradcam_target_layer
-from marrowscope.transforms import eval_geometry, eval_transform
+from marrowscope.transforms import Preprocess
 
 
 class Explainer:
     """Grad-CAM heatmaps of a model folder's network (always PyTorch: gradients are needed)."""
 
-    def __init__(self, model_dir: str | Path):
+    def __init__(self, model_dir: str | Path, pixel_size: Optional[float] = None):
         from pytorch_grad_cam import GradCAM
 
         self.net, self.info = load_model_folder(model_dir)
-        self.transform = eval_transform(self.info.data_config)
-        self.geometry = eval_geometry(self.info.data_config)
+        self.preprocess = Preprocess(self.info.data_config, self.info.scale, pixel_size)  # as the Predictor's
+        self.geometry = self.preprocess.geometry
         self.cam = GradCAM(model=self.net, target_layers=[gradcam_target_layer(self.net)])
         self._lock = threading.Lock()  # the CAM's hooks hold per-call state
 
-    def heatmap(self, src: ImageSource, class_index: Optional[int] = None) -> tuple[np.ndarray, int]:
+    def heatmap(self, src: ImageSource, class_index: Optional[int] = None,
+                pixel_size: Optional[float] = None) -> tuple[np.ndarray, int]:
         """A [H, W] map in [0, 1] at the model's input size, for ``class_index`` (default: predicted)."""
-        return self._heatmap(decode_image(src), class_index)
+        return self._heatmap(decode_image(src), class_index, pixel_size)
 
-    def _heatmap(self, image: Image.Image, class_index: Optional[int]) -> tuple[np.ndarray, int]:
+    def _heatmap(self, image: Image.Image, class_index: Optional[int],
+                 pixel_size: Optional[float]) -> tuple[np.ndarray, int]:
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-        x = self.transform(image).unsqueeze(0)
+        x = self.preprocess(image, pixel_size)[0].unsqueeze(0)
         with self._lock:
             if class_index is None:
                 with torch.no_grad():
@@ -43,12 +45,13 @@ class Explainer:
             cam = self.cam(input_tensor=x, targets=[ClassifierOutputTarget(class_index)])[0]
         return cam, class_index
 
-    def overlay(self, src: ImageSource, class_index: Optional[int] = None, weight: float = 0.55) -> Image.Image:
-        """The cell as the network saw it (the eval transform's resize and crop, so the map lines up
-        on non-square images too) with the heatmap blended over it (red: most evidence)."""
+    def overlay(self, src: ImageSource, class_index: Optional[int] = None, weight: float = 0.55,
+                pixel_size: Optional[float] = None) -> Image.Image:
+        """The cell as the network saw it (training scale, then the eval transform's resize and crop,
+        so the map lines up on non-square images too) with the heatmap blended over it (red: most evidence)."""
         from pytorch_grad_cam.utils.image import show_cam_on_image
 
         image = decode_image(src)
-        cam, _ = self._heatmap(image, class_index)
-        rgb = np.asarray(self.geometry(image), dtype=np.float32) / 255.0
+        cam, _ = self._heatmap(image, class_index, pixel_size)
+        rgb = np.asarray(self.geometry(image, pixel_size), dtype=np.float32) / 255.0
         return Image.fromarray(show_cam_on_image(rgb, cam, use_rgb=True, image_weight=weight))

@@ -13,7 +13,8 @@ import torch
 from marrowscope.artifacts import load_model_folder
 from marrowscope.errors import MarrowscopeError
 from marrowscope.images import ImageSource, decode_image
-from marrowscope.transforms import eval_transform
+from marrowscope.model import WithFeatures
+from marrowscope.transforms import Preprocess
 
 
 def export_onnx(model_dir: str | Path, images: Sequence[ImageSource] = (), opset: int = 18,
@@ -32,19 +33,21 @@ def export_onnx(model_dir: str | Path, images: Sequence[ImageSource] = (), opset
 
     model_dir = Path(model_dir)
     net, info = load_model_folder(model_dir)
+    net = WithFeatures(net).eval()  # outputs logits and the pooled features of the domain check
     h, w = info.data_config["input_size"][1:]
     if images:
-        t = eval_transform(info.data_config)
-        x = torch.stack([t(decode_image(im)) for im in images])
+        preprocess = Preprocess(info.data_config, info.scale)  # the Predictor's own preprocessing
+        x = torch.stack([preprocess(decode_image(im))[0] for im in images])
     else:
         x = torch.randn(4, 3, h, w)
     tmp = model_dir / "model.onnx.tmp"
     batch = torch.export.Dim("batch", min=1, max=1024)
-    torch.onnx.export(net, (x[:2],), str(tmp), input_names=["image"], output_names=["logits"], opset_version=opset,
-                      dynamic_shapes={"x": {0: batch}}, dynamo=True, external_data=False, verbose=False)
+    torch.onnx.export(net, (x[:2],), str(tmp), input_names=["image"], output_names=["logits", "features"],
+                      opset_version=opset, dynamic_shapes={"x": {0: batch}}, dynamo=True, external_data=False,
+                      verbose=False)
     sess = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
     with torch.inference_mode():
-        ref = torch.softmax(net(x), 1).numpy()
+        ref = torch.softmax(net(x)[0], 1).numpy()
     got = probs_from_logits(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0][None])
     diff = float(np.abs(got - ref).max())
     if diff > atol:
@@ -175,7 +178,7 @@ def export_int8(model_dir: str | Path, calibration: Sequence[ImageSource], name:
     if not calibration:
         raise MarrowscopeError("INT8 calibration needs images (training images of the model's manifest).")
     _, info = load_model_folder(model_dir)
-    t = eval_transform(info.data_config)
+    preprocess = Preprocess(info.data_config, info.scale)
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -183,7 +186,7 @@ def export_int8(model_dir: str | Path, calibration: Sequence[ImageSource], name:
 
         def get_next(self):
             for src in self.it:
-                return {"image": t(decode_image(src)).unsqueeze(0).numpy()}
+                return {"image": preprocess(decode_image(src))[0].unsqueeze(0).numpy()}
             return None
 
     pre = model_dir / "model.pre.onnx.tmp"

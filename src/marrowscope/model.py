@@ -160,6 +160,19 @@ def rename_efficientnet_lite_keys(state: dict[str, torch.Tensor], net: nn.Module
     return out
 
 
+class WithFeatures(nn.Module):
+    """A timm classifier that also returns its pooled features (the input of the last layer), for
+    the domain check; exported to ONNX as the outputs ``logits`` and ``features``."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pooled = self.net.forward_head(self.net.forward_features(x), pre_logits=True)
+        return self.net.get_classifier()(pooled), pooled
+
+
 def gradcam_target_layer(net: nn.Module) -> nn.Module:
     """The last feature stage of a timm network: where Grad-CAM reads activations and gradients."""
     info = getattr(net, "feature_info", None)

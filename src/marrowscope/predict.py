@@ -1,9 +1,10 @@
 """Predictor: the one inference path from files to probabilities, shared by predict, evaluate,
 calibrate, the app and the DDP ranks.
 
-file/upload -> :meth:`Predictor.load` (the one decoder, the model folder's eval transform)
--> :meth:`Predictor.view_logits` (the backend; 4 views with TTA) -> :func:`probs_from_logits`
-(temperature, softmax, view average). Unreadable inputs become :class:`Unreadable` and the rest go on.
+file/upload -> :meth:`Predictor.load` (the one decoder; :class:`~marrowscope.transforms.Preprocess`:
+training scale, then the model folder's eval transform) -> :meth:`Predictor.forward` (the backend;
+4 views with TTA; pooled features for the domain check) -> :func:`probs_from_logits` (temperature,
+softmax, view average). Unreadable inputs become :class:`Unreadable` and the rest go on.
 
 The model folder is loaded once. Backends: ONNX Runtime when the folder holds ``model.onnx``
 (fastest on CPU), else PyTorch with ``channels_last`` and ``inference_mode``.
@@ -16,15 +17,18 @@ from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence, Union
+from typing import Iterable, Iterator, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
 from marrowscope.artifacts import load_model_folder, read_model_info, resolve_model_dir
+from marrowscope.domain import DomainCheck
 from marrowscope.errors import ImageDecodeError, MarrowscopeError, Unreadable
 from marrowscope.images import ImageSource, decode_image, is_image_path
-from marrowscope.transforms import eval_transform
+from marrowscope.model import WithFeatures
+from marrowscope.scale import Scale
+from marrowscope.transforms import Preprocess
 
 BACKENDS = ("auto", "onnx", "onnx-int8", "torch")
 ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
@@ -32,16 +36,29 @@ ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
 
 @dataclass
 class Prediction:
-    """One image's probabilities over the model's classes."""
+    """One image's probabilities over the model's classes, the scale it was read at, and how unlike
+    the training images it is (None where the model folder has no domain statistics)."""
 
     source: str
     probs: np.ndarray
+    scale: Optional[Scale] = None
+    domain_score: Optional[float] = None
 
     def top_k(self, classes: Sequence[str], k: int = 3) -> list[tuple[str, float]]:
         return top_k(self.probs, classes, k)
 
 
 Result = Union[Prediction, Unreadable]
+
+
+class Raw(NamedTuple):
+    """One image before the softmax: its [V, C] logits, scale, domain score and [D] features."""
+
+    source: str
+    logits: np.ndarray
+    scale: Optional[Scale]
+    domain_score: Optional[float]
+    features: Optional[np.ndarray]
 
 
 def tta_views(batch: torch.Tensor, tta: bool) -> torch.Tensor:
@@ -79,13 +96,13 @@ class Predictor:
     """
 
     def __init__(self, model_dir: Optional[str | Path] = None, backend: str = "auto", threads: Optional[int] = None,
-                 tta: Optional[bool] = None):
+                 tta: Optional[bool] = None, pixel_size: Optional[float] = None):
         if backend not in BACKENDS:
             raise MarrowscopeError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}.")
         self.model_dir = resolve_model_dir(model_dir)
         self.info = read_model_info(self.model_dir)
         self.classes = self.info.classes
-        self.transform = eval_transform(self.info.data_config)
+        self.preprocess = Preprocess(self.info.data_config, self.info.scale, pixel_size)
         self.tta = self.info.tta if tta is None else tta
         # fitted on validation images by `marrowscope calibrate`; 1.0 = the network's own softmax
         self.temperature = self.info.temperature(self.tta)
@@ -103,7 +120,11 @@ class Predictor:
                                                 providers=["CPUExecutionProvider"])
             self.input_name = self.session.get_inputs()[0].name
         else:
-            self.net = load_model_folder(self.model_dir)[0].to(memory_format=torch.channels_last)
+            self.net = WithFeatures(load_model_folder(self.model_dir)[0]).to(memory_format=torch.channels_last)
+        self.domain = DomainCheck.load(self.model_dir)
+        # ONNX files exported before the domain check give logits only: the check is off with them
+        has_features = self.session is None or len(self.session.get_outputs()) > 1
+        self.unusual_above = self.domain.threshold if self.domain is not None and has_features else None
 
     def _choose_backend(self, backend: str) -> str:
         if backend == "auto":  # the fastest that is there: INT8 (shipped only if accuracy held), fp32, PyTorch
@@ -115,66 +136,97 @@ class Predictor:
                                    f"--model {self.model_dir}` first.")
         return backend
 
-    def load(self, src: ImageSource, name: Optional[str] = None) -> Union[torch.Tensor, Unreadable]:
-        """Decode (the one decoder) and transform one source to [3, H, W], or say why it cannot be read."""
+    def load(self, src: ImageSource, name: Optional[str] = None, pixel_size: Optional[float] = None
+             ) -> Union[tuple[torch.Tensor, Optional[Scale]], Unreadable]:
+        """Decode (the one decoder) and preprocess one source to ([3, H, W], its scale), or say why it
+        cannot be read. ``pixel_size`` (µm per pixel) overrides the estimate for this call."""
         try:
-            return self.transform(decode_image(src))
+            return self.preprocess(decode_image(src), pixel_size)
         except ImageDecodeError as exc:
             return Unreadable(name if name is not None else _name(src, 0), str(exc))
 
-    def view_logits(self, batch: torch.Tensor) -> np.ndarray:
-        """[N, 3, H, W] -> [V, N, C] logits: V = 1, or 4 views with ``tta``."""
+    def forward(self, batch: torch.Tensor) -> tuple[np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]:
+        """[N, 3, H, W] -> ([V, N, C] logits, V = 1 or 4 views with ``tta``; [N, D] pooled features of
+        the first view, or None from an ONNX file without them; [N] domain scores, or None without
+        domain statistics)."""
         views = tta_views(batch, self.tta)
         if self.session is not None:
-            logits = self.session.run(None, {self.input_name: views.cpu().numpy()})[0]
+            outputs = self.session.run(None, {self.input_name: views.cpu().numpy()})
+            logits, feats = outputs[0], (outputs[1] if len(outputs) > 1 else None)
         else:
             device = next(self.net.parameters()).device
             with torch.inference_mode():
-                logits = self.net(views.to(device).contiguous(memory_format=torch.channels_last)).float().cpu().numpy()
-        return logits.reshape(-1, len(batch), logits.shape[-1])
+                out = self.net(views.to(device).contiguous(memory_format=torch.channels_last))
+            logits, feats = (t.float().cpu().numpy() for t in out)
+        feats = None if feats is None else feats[: len(batch)]
+        scores = self.domain.score(feats) if self.domain is not None and feats is not None else None
+        return logits.reshape(-1, len(batch), logits.shape[-1]), feats, scores
+
+    def view_logits(self, batch: torch.Tensor) -> np.ndarray:
+        """[N, 3, H, W] -> [V, N, C] logits."""
+        return self.forward(batch)[0]
 
     def probs_of_batch(self, batch: torch.Tensor) -> np.ndarray:
         """[N, 3, H, W] tensor -> [N, C] probabilities (temperature applied, views averaged)."""
         return probs_from_logits(self.view_logits(batch), self.temperature)
 
     def stream_logits(self, sources: Sequence[ImageSource], names: Optional[Sequence[str]] = None,
-                      batch_size: int = 32, workers: Optional[int] = None
-                      ) -> Iterator[Union[tuple[str, np.ndarray], Unreadable]]:
-        """(name, [V, C] logits) or :class:`Unreadable` per source, in input order; decoding runs in
+                      batch_size: int = 32, workers: Optional[int] = None, pixel_size: Optional[float] = None
+                      ) -> Iterator[Union[Raw, Unreadable]]:
+        """A :class:`Raw` result or :class:`Unreadable` per source, in input order; decoding runs in
         threads one batch ahead of the model."""
         names = list(names) if names is not None else [_name(s, i) for i, s in enumerate(sources)]
         with ThreadPoolExecutor(workers or min(4, os.cpu_count() or 1)) as pool:
             pending: deque = deque()
             it = iter(zip(names, sources))
             for name, src in _take(it, batch_size * 2):
-                pending.append((name, pool.submit(self.load, src, name)))
+                pending.append((name, pool.submit(self.load, src, name, pixel_size)))
             while pending:
                 chunk = [pending.popleft() for _ in range(min(batch_size, len(pending)))]
                 for name, src in _take(it, len(chunk)):  # keep the decoders one batch ahead
-                    pending.append((name, pool.submit(self.load, src, name)))
+                    pending.append((name, pool.submit(self.load, src, name, pixel_size)))
                 loaded = [(name, fut.result()) for name, fut in chunk]
                 ok = [x for _, x in loaded if not isinstance(x, Unreadable)]
-                logits = iter(self.view_logits(torch.stack(ok)).transpose(1, 0, 2)) if ok else iter(())
+                logits, feats, scores = self.forward(torch.stack([x for x, _ in ok])) if ok else (None, None, None)
+                k = 0
                 for name, x in loaded:
-                    yield x if isinstance(x, Unreadable) else (name, next(logits))
+                    if isinstance(x, Unreadable):
+                        yield x
+                        continue
+                    yield Raw(name, logits[:, k], x[1], None if scores is None else float(scores[k]),
+                              None if feats is None else feats[k])
+                    k += 1
 
     def predict_many(self, sources: Sequence[ImageSource], batch_size: int = 32, workers: Optional[int] = None,
-                     names: Optional[Sequence[str]] = None) -> Iterator[Result]:
+                     names: Optional[Sequence[str]] = None, pixel_size: Optional[float] = None) -> Iterator[Result]:
         """A :class:`Prediction` or an :class:`Unreadable` per source, in input order."""
-        for item in self.stream_logits(sources, names, batch_size, workers):
-            yield item if isinstance(item, Unreadable) else \
-                Prediction(item[0], probs_from_logits(item[1][:, None], self.temperature)[0])
+        for r in self.stream_logits(sources, names, batch_size, workers, pixel_size):
+            yield r if isinstance(r, Unreadable) else \
+                Prediction(r.source, probs_from_logits(r.logits[:, None], self.temperature)[0], r.scale, r.domain_score)
 
-    def predict(self, src: ImageSource) -> dict[str, float]:
+    def predict(self, src: ImageSource, pixel_size: Optional[float] = None) -> dict[str, float]:
         """One image -> {class: probability} over all classes, most probable first.
 
         Raises:
             ImageDecodeError: the image cannot be read.
         """
-        (result,) = self.predict_many([src], batch_size=1, workers=1)
+        return dict(top_k(self.predict_one(src, pixel_size).probs, self.classes, len(self.classes)))
+
+    def predict_one(self, src: ImageSource, pixel_size: Optional[float] = None) -> Prediction:
+        """One image's whole :class:`Prediction` (probabilities, scale, domain score).
+
+        Raises:
+            ImageDecodeError: the image cannot be read.
+        """
+        (result,) = self.predict_many([src], batch_size=1, workers=1, pixel_size=pixel_size)
         if isinstance(result, Unreadable):
             raise ImageDecodeError(result.reason)
-        return dict(top_k(result.probs, self.classes, len(self.classes)))
+        return result
+
+    def is_unusual(self, prediction: Prediction) -> bool:
+        """Whether the domain check finds the image unlike the training images."""
+        return self.unusual_above is not None and prediction.domain_score is not None and \
+            prediction.domain_score > self.unusual_above
 
     def run(self, files: Sequence[Path], *, batch_size: int = 32, launch: Optional[dict] = None,
             work: Optional[Path] = None) -> Optional[Iterable[Result]]:

@@ -180,7 +180,7 @@ def _samples(cfg: TrainConfig) -> list:
 def _datasets(cfg: TrainConfig, samples: list, data_config: dict) -> list[CellDataset]:
     """The training (augmented) and validation datasets."""
     datasets = [CellDataset([s for s in samples if s.split == sp], cfg.classes, transform, workers=cfg.workers)
-                for sp, transform in (("train", train_transform(data_config)), ("val", eval_transform(data_config)))]
+                for sp, transform in (("train", train_transform(data_config, cfg.augment)), ("val", eval_transform(data_config)))]
     for ds in datasets:
         if ds.skipped:
             print(format_skipped(ds.skipped), file=sys.stderr)
@@ -214,7 +214,7 @@ def _save_best(cfg: TrainConfig, net, best_cb: ModelCheckpoint, data_config: dic
     extra = {"trained_on": Path(cfg.data).name, "best_val_f1": None if score is None else round(float(score), 4),
              "train_images": n_train, "val_images": n_val, "tta": False,
              "recipe": {k: getattr(cfg, k) for k in ("model", "img_size", "epochs", "batch_size", "lr",
-                                                      "weight_decay", "label_smoothing", "mixup", "pretrained",
+                                                      "weight_decay", "label_smoothing", "mixup", "augment", "pretrained",
                                                       "seed")},
              "init_weights": Path(cfg.init_weights).name if cfg.init_weights else None}
     files = {n: out / n for n in ("history.csv", "curves.png", "config_train.json") if (out / n).exists()}

@@ -10,10 +10,13 @@ a mild scale change covers magnification drift.
 from __future__ import annotations
 
 import random
+from typing import Optional
 
 import torch
 from timm.data import create_transform
 from torchvision.transforms import v2
+
+from marrowscope.errors import MarrowscopeError
 
 
 def eval_transform(data_config: dict):
@@ -27,6 +30,48 @@ def eval_transform(data_config: dict):
         crop_mode=data_config.get("crop_mode", "center"),
         is_training=False,
     )
+
+
+class Preprocess:
+    """The one inference preprocessing: decoded image -> training scale and field of view (when the
+    model folder records its training pixel size, :mod:`marrowscope.scale`) -> the eval transform.
+
+    Calling it returns (tensor [3, H, W], the image's :class:`~marrowscope.scale.Scale` or None).
+    """
+
+    def __init__(self, data_config: dict, scale: Optional[dict] = None, pixel_size: Optional[float] = None):
+        self.scale = scale
+        self.pixel_size = self.check_pixel_size(pixel_size)
+        self.transform = eval_transform(data_config)
+        self.geometry_only = eval_geometry(data_config)
+
+    def check_pixel_size(self, pixel_size: Optional[float]) -> Optional[float]:
+        """A user's pixel size (µm per pixel), checked; None or 0 means: estimate it."""
+        if not pixel_size:
+            return None
+        if not self.scale:
+            raise MarrowscopeError("this model folder records no training pixel size, so a pixel size cannot be "
+                                   "used with it; run scripts/measure_scale.py on its training images first.")
+        if not 0.01 <= pixel_size <= 2.0:
+            raise MarrowscopeError(f"a pixel size of {pixel_size} µm is outside 0.01-2; light microscopes image "
+                                   "cells at about 0.05-0.5 µm per pixel.")
+        return float(pixel_size)
+
+    def _to_scale(self, image, pixel_size: Optional[float]):
+        from marrowscope.scale import ToTrainingScale
+
+        if not self.scale:
+            return image, None
+        given = self.check_pixel_size(pixel_size) or self.pixel_size
+        return ToTrainingScale(self.scale["pixel_size_um"], self.scale["field_px"], given)(image)
+
+    def __call__(self, image, pixel_size: Optional[float] = None):
+        image, scale = self._to_scale(image, pixel_size)
+        return self.transform(image), scale
+
+    def geometry(self, image, pixel_size: Optional[float] = None):
+        """The pixels the network sees, as a PIL image (for drawing Grad-CAM over them)."""
+        return self.geometry_only(self._to_scale(image, pixel_size)[0])
 
 
 def eval_geometry(data_config: dict):
@@ -46,22 +91,36 @@ class RandomRot90(torch.nn.Module):
         return v2.functional.rotate(img, 90 * k) if k else img
 
 
-def train_transform(data_config: dict, *, scale: tuple[float, float] = (0.75, 1.0), color: float = 0.25,
-                    hue: float = 0.04):
-    """PIL RGB image -> augmented, normalised float tensor [3, H, W]."""
+AUGMENTATIONS = ("light", "lab")
+
+
+def train_transform(data_config: dict, augment: str = "light", *, scale: tuple[float, float] = (0.75, 1.0),
+                    color: float = 0.25, hue: float = 0.04):
+    """PIL RGB image -> augmented, normalised float tensor [3, H, W].
+
+    ``light``: crops, flips, turns and colour jitter (the recipe of marrowscope 0.1).
+    ``lab``: also what differs between laboratories (:mod:`marrowscope.augment`): zoom in and out
+    with mirrored fill, stain (HED) jitter, background tint, stronger colour jitter, blur and JPEG.
+    """
+    from marrowscope.augment import BackgroundTint, BlurOrJpeg, HEDJitter, ScaleJitter
+
+    if augment not in AUGMENTATIONS:
+        raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {augment!r}")
     size = tuple(data_config["input_size"][1:])
+    lab = augment == "lab"
     # Geometry and colour run on the PIL image (SIMD resize, fast HSV) before the tensor
     # conversion: on tensors the hue jitter alone costs several ms per image.
-    return v2.Compose([
-        v2.RandomResizedCrop(size, scale=scale, ratio=(0.85, 1.18), antialias=True,
+    steps = [ScaleJitter((0.6, 1.25)), HEDJitter(), BackgroundTint()] if lab else []
+    steps += [
+        v2.RandomResizedCrop(size, scale=(0.85, 1.0) if lab else scale, ratio=(0.85, 1.18), antialias=True,
                              interpolation=v2.InterpolationMode.BICUBIC),
         v2.RandomHorizontalFlip(),
         RandomRot90(),
-        v2.ColorJitter(brightness=color, contrast=color, saturation=color, hue=hue),
-        v2.PILToTensor(),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(mean=list(data_config["mean"]), std=list(data_config["std"])),
-    ])
+        v2.ColorJitter(brightness=color, contrast=color, saturation=color + 0.1 * lab, hue=hue + 0.02 * lab),
+    ]
+    steps += [BlurOrJpeg()] if lab else []
+    return v2.Compose([*steps, v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True),
+                       v2.Normalize(mean=list(data_config["mean"]), std=list(data_config["std"]))])
 
 
 def data_config_for(net, img_size: int) -> dict:

@@ -1,0 +1,84 @@
+"""The domain check: how unlike the model's training images an input is.
+
+A Mahalanobis distance on the network's pooled features (Lee et al., 2018), with the mean and a
+shrunk (Ledoit-Wolf) precision matrix fitted on the training images' features and stored in the
+model folder (``domain.safetensors``). The score is sqrt(d^2 / D), about 1 for images like the
+training set; an image is ``unusual`` above a threshold, the 99th percentile of the scores of the
+validation images (never trained on), so about 1% of images like the training set are flagged.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+DOMAIN_FILE = "domain.safetensors"
+QUANTILE = 0.99
+
+
+class DomainCheck:
+    def __init__(self, mean: np.ndarray, precision: np.ndarray, threshold: float):
+        self.mean, self.precision, self.threshold = mean.astype(np.float32), precision.astype(np.float32), threshold
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        """[N, D] pooled features -> [N] scores (higher: less like the training images)."""
+        d = features.astype(np.float32) - self.mean
+        return np.sqrt(np.maximum(np.einsum("nd,de,ne->n", d, self.precision, d), 0) / d.shape[1])
+
+    def unusual(self, scores: np.ndarray) -> np.ndarray:
+        return np.asarray(scores) > self.threshold
+
+    @classmethod
+    def load(cls, model_dir: Path) -> Optional["DomainCheck"]:
+        """The folder's domain statistics, or None where it has none (the check is then off)."""
+        path = Path(model_dir) / DOMAIN_FILE
+        if not path.is_file():
+            return None
+        from safetensors.numpy import load_file
+
+        t = load_file(str(path))
+        return cls(t["mean"], t["precision"], float(t["threshold"][0]))
+
+
+def fit(train_features: np.ndarray, val_features: np.ndarray, quantile: float = QUANTILE) -> DomainCheck:
+    """Mean and shrunk precision from training features; threshold from validation features."""
+    from sklearn.covariance import LedoitWolf
+
+    lw = LedoitWolf().fit(train_features.astype(np.float64))
+    check = DomainCheck(lw.location_, lw.precision_, 0.0)
+    check.threshold = float(np.quantile(check.score(val_features), quantile))
+    return check
+
+
+def fit_for_model(model_dir: Path, data: Path, data_root: Optional[str] = None) -> dict:
+    """Fit the domain check of a model folder on its training split (threshold: validation split)
+    of ``data`` and store it; returns what was fitted. Uses the PyTorch backend without TTA."""
+    from marrowscope.artifacts import write_settings
+    from marrowscope.data import load_samples
+    from marrowscope.errors import Unreadable
+    from marrowscope.predict import Predictor
+
+    predictor = Predictor(model_dir, backend="torch", tta=False)
+    samples, _ = load_samples(data, None, data_root=data_root)
+    feats = {}
+    for split in ("train", "val"):
+        paths = [s.path for s in samples if s.split == split]
+        feats[split] = np.stack([r.features for r in predictor.stream_logits(paths) if not isinstance(r, Unreadable)])
+    check = fit(feats["train"], feats["val"])
+    save(check, predictor.model_dir)
+    info = {"threshold": round(check.threshold, 4), "quantile": QUANTILE,
+            "fitted_on": f"{len(feats['train'])} training images of {Path(data).name}; threshold from its "
+                         f"{len(feats['val'])} validation images"}
+    write_settings(predictor.model_dir, domain=info)
+    return info
+
+
+def save(check: DomainCheck, model_dir: Path) -> Path:
+    from safetensors.numpy import save_file
+
+    path = Path(model_dir) / DOMAIN_FILE
+    save_file({"mean": check.mean, "precision": check.precision,
+               "threshold": np.array([check.threshold], np.float32)}, str(path))
+    return path

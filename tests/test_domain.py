@@ -1,0 +1,72 @@
+"""The domain check: a score of how unlike the training images an input is, stored in the model
+folder and reported by every entry point."""
+
+import csv
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from marrowscope import domain
+from marrowscope.cli import main
+from marrowscope.predict import Predictor
+from tests.conftest import synthetic_cell
+
+
+def test_scores_are_about_one_inside_and_large_outside():
+    rng = np.random.default_rng(0)
+    cov = np.diag(np.linspace(0.5, 2.0, 16))
+    train, val = rng.multivariate_normal(np.zeros(16), cov, 800), rng.multivariate_normal(np.zeros(16), cov, 400)
+    check = domain.fit(train, val)
+    inside = check.score(rng.multivariate_normal(np.zeros(16), cov, 400))
+    outside = check.score(rng.multivariate_normal(np.full(16, 3.0), cov, 400))
+    assert 0.8 < np.median(inside) < 1.2 and np.median(outside) > 2.5
+    assert check.unusual(inside).mean() < 0.05 and check.unusual(outside).mean() > 0.95
+
+
+@pytest.fixture(scope="module")
+def checked_model(tiny_run, tmp_path_factory):
+    model = shutil.copytree(tiny_run / "model", tmp_path_factory.mktemp("dom") / "model")
+    info = domain.fit_for_model(model, tiny_run / "manifest.csv")
+    assert (model / domain.DOMAIN_FILE).is_file() and info["threshold"] > 0
+    return model
+
+
+def _strange(seed: int) -> Image.Image:
+    """Nothing like the synthetic training cells: saturated stripes."""
+    a = np.zeros((48, 48, 3), np.uint8)
+    a[:, ::4] = (255, 255, 0)
+    a[::3] = (0, 255, 255)
+    return Image.fromarray(np.roll(a, seed, axis=1))
+
+
+def test_unlike_images_score_higher_and_are_flagged(checked_model, tmp_path):
+    p = Predictor(checked_model, backend="torch")
+    like = [p.predict_one(synthetic_cell(k % 7, 500 + k)) for k in range(14)]
+    unlike = [p.predict_one(_strange(k)) for k in range(6)]
+    assert min(u.domain_score for u in unlike) > max(x.domain_score for x in like)
+    # the tiny model's threshold comes from 14 validation images: strict on new cells, but far below the odd ones
+    assert all(p.is_unusual(u) for u in unlike) and sum(p.is_unusual(x) for x in like) < len(like) / 2
+
+
+def test_predict_writes_the_columns_and_warns_on_stderr(checked_model, tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for k in range(4):
+        synthetic_cell(k, 700 + k).save(folder / f"cell{k}.png")
+        _strange(k).save(folder / f"odd{k}.png")
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(folder), "--model", str(checked_model), "--backend", "torch", "--out", str(out),
+                 "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "look unlike the images the model learnt from" in err
+    with open(out, newline="") as fh:
+        rows = {r["file"].split("/")[-1]: r for r in csv.DictReader(fh)}
+    assert all(rows[f"odd{k}.png"]["unusual"] == "yes" for k in range(4))
+    assert all(float(r["domain_score"]) > 0 for r in rows.values())
+
+
+def test_a_model_without_statistics_has_no_check(tiny_model, tmp_path):
+    p = Predictor(tiny_model, backend="torch")
+    assert p.unusual_above is None and p.predict_one(synthetic_cell(0, 1)).domain_score is None
