@@ -35,7 +35,7 @@ def latency(pred, files, runs):
 
 
 def folder_throughput(pred, files):
-    from marrowscope.report import run_batch
+    from marrowscope.batch import run_batch
 
     with tempfile.TemporaryDirectory() as d:
         t = time.perf_counter()
@@ -93,6 +93,7 @@ def main():
     ap.add_argument("--folder-images", type=int, default=350)
     ap.add_argument("--out", default="bench/results.json")
     ap.add_argument("--skip-training", action="store_true")
+    ap.add_argument("--backends", default="torch,onnx,onnx-int8", help="comma-separated subset to measure")
     a = ap.parse_args()
     data = Path(a.data) if a.data else default_data_dir()
     files = sorted(data.rglob("*.jpg"))[:: max(1, len(list(data.rglob("*.jpg"))) // a.folder_images)][: a.folder_images]
@@ -105,7 +106,7 @@ def main():
            "timm": timm.__version__, "model": model_dir.name, "threads": torch.get_num_threads(), "rows": []}
     from marrowscope.predict import ONNX_FILES
 
-    configs = [(b, tta) for tta in (False, True) for b in ("torch", "onnx", "onnx-int8")]
+    configs = [(b, tta) for tta in (False, True) for b in a.backends.split(",")]
     for backend, tta in configs:
         if backend in ONNX_FILES and not (model_dir / ONNX_FILES[backend]).exists():
             continue

@@ -59,7 +59,7 @@ def main() -> int:
             img = images[(cid * a.requests + k) % len(images)]
             t = time.perf_counter()
             try:
-                top, _, _ = client.predict(handle_file(str(img)), api_name="/classify")
+                top, _, _ = client.predict(handle_file(str(img)), 0, api_name="/classify")
                 assert len(top["confidences"]) == 3
             except Exception as exc:  # counted, reported
                 fails.append(repr(exc)[:200])
@@ -76,7 +76,7 @@ def main() -> int:
     big = tmp / "big.bmp"  # about 27 MB, above the 15 MB upload limit
     Image.new("RGB", (3000, 3000)).save(big)
     try:
-        Client(url, verbose=False).predict(handle_file(str(big)), api_name="/classify")
+        Client(url, verbose=False).predict(handle_file(str(big)), 0, api_name="/classify")
         oversize = "accepted (WRONG)"
     except Exception as exc:
         oversize = f"refused: {str(exc).replace(str(big), big.name)[:160]}"  # no machine path in the results

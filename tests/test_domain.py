@@ -67,6 +67,12 @@ def test_predict_writes_the_columns_and_warns_on_stderr(checked_model, tmp_path,
     assert all(float(r["domain_score"]) > 0 for r in rows.values())
 
 
-def test_a_model_without_statistics_has_no_check(tiny_model, tmp_path):
-    p = Predictor(tiny_model, backend="torch")
+def test_training_fits_the_check_and_a_folder_without_it_has_none(tiny_model, tmp_path):
+    from marrowscope.artifacts import read_model_info
+
+    assert (tiny_model / domain.DOMAIN_FILE).is_file()  # `train` fits it on its own training images
+    assert "training images" in read_model_info(tiny_model).extra["domain"]["fitted_on"]
+    bare = shutil.copytree(tiny_model, tmp_path / "bare")
+    (bare / domain.DOMAIN_FILE).unlink()
+    p = Predictor(bare, backend="torch")
     assert p.unusual_above is None and p.predict_one(synthetic_cell(0, 1)).domain_score is None

@@ -46,6 +46,15 @@ def test_evaluate_names_split_and_refuses_unknown_classes(predictor, tmp_path, t
 
 
 
+def test_macro_f1_averages_over_the_classes_the_images_hold():
+    probs = np.array([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8], [0.7, 0.2, 0.1]])
+    y = np.array([0, 1, 1, 0])  # no image of class C: another lab's set without that class
+    m = compute_metrics(probs, y, ["A", "B", "C"])
+    assert m["per_class"]["C"]["support"] == 0
+    f1_a, f1_b = 1.0, 2 * 1.0 * 0.5 / 1.5  # B: precision 1, recall 0.5
+    assert m["macro_f1"] == pytest.approx((f1_a + f1_b) / 2)
+
+
 def test_non_image_files_in_the_folder_are_listed_not_fatal(predictor, tmp_path):
     data = make_dataset(tmp_path / "d", per_class=3)
     (data / "BLA" / "readme.txt").write_text("notes")

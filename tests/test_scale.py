@@ -39,7 +39,8 @@ def test_red_cells_give_the_pixel_size(diameter):
     Image.new("L", (300, 300), 128).convert("RGB"),    # grayscale, featureless
     Image.new("RGB", (1, 1), (200, 100, 100)),          # tiny
     smear(cells=1),                                     # one red cell is not enough to trust
-], ids=["no-red-cells", "grayscale", "tiny", "one-red-cell"])
+    Image.new("RGB", (5000, 4000), (235, 225, 215)),    # huge and empty
+], ids=["no-red-cells", "grayscale", "tiny", "one-red-cell", "huge"])
 def test_without_red_cells_the_training_scale_is_assumed_and_said(image):
     out, scale = ToTrainingScale(0.1, 250)(image)
     assert out.size == (250, 250)

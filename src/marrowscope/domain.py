@@ -1,8 +1,9 @@
 """The domain check: how unlike the model's training images an input is.
 
-A Mahalanobis distance on the network's pooled features (Lee et al., 2018), with the mean and a
-shrunk (Ledoit-Wolf) precision matrix fitted on the training images' features and stored in the
-model folder (``domain.safetensors``). The score is sqrt(d^2 / D), about 1 for images like the
+A Mahalanobis distance (Lee et al., 2018) on the channel means and standard deviations of a middle
+stage of the network (:class:`~marrowscope.model.WithFeatures` says why that stage), with the mean
+and a shrunk (Ledoit-Wolf) precision matrix fitted on the training images' features and stored in
+the model folder (``domain.safetensors``). The score is sqrt(d^2 / D), about 1 for images like the
 training set; an image is ``unusual`` above a threshold, the 99th percentile of the scores of the
 validation images (never trained on), so about 1% of images like the training set are flagged.
 """
@@ -23,7 +24,12 @@ class DomainCheck:
         self.mean, self.precision, self.threshold = mean.astype(np.float32), precision.astype(np.float32), threshold
 
     def score(self, features: np.ndarray) -> np.ndarray:
-        """[N, D] pooled features -> [N] scores (higher: less like the training images)."""
+        """[N, D] features -> [N] scores (higher: less like the training images)."""
+        if features.shape[1] != self.mean.shape[0]:
+            from marrowscope.errors import MarrowscopeError
+
+            raise MarrowscopeError(f"the domain statistics ({self.mean.shape[0]} features) do not fit this model's "
+                                   f"{features.shape[1]}; refit them with scripts/fit_domain.py.")
         d = features.astype(np.float32) - self.mean
         return np.sqrt(np.maximum(np.einsum("nd,de,ne->n", d, self.precision, d), 0) / d.shape[1])
 
@@ -61,6 +67,7 @@ def fit_for_model(model_dir: Path, data: Path, data_root: Optional[str] = None) 
     from marrowscope.predict import Predictor
 
     predictor = Predictor(model_dir, backend="torch", tta=False)
+    predictor.domain = None  # statistics being replaced are not used to compute their replacement
     samples, _ = load_samples(data, None, data_root=data_root)
     feats = {}
     for split in ("train", "val"):

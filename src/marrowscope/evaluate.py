@@ -47,13 +47,14 @@ def reliability_bins(probs: np.ndarray, y: np.ndarray, n_bins: int = N_BINS) -> 
 def compute_metrics(probs: np.ndarray, y: np.ndarray, classes: Sequence[str]) -> dict:
     """All metrics of one evaluation; ``y`` are class indices into ``classes``."""
     labels = list(range(len(classes)))
+    present = sorted(set(y.tolist()))  # a set without some classes (another lab's) averages over its own
     pred = probs.argmax(axis=1)
     p, r, f, s = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
     return {
         "images": int(len(y)),
         "accuracy": float(accuracy_score(y, pred)),
         "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
-        "macro_f1": float(f1_score(y, pred, labels=labels, average="macro", zero_division=0)),
+        "macro_f1": float(f1_score(y, pred, labels=present, average="macro", zero_division=0)),
         "weighted_f1": float(f1_score(y, pred, labels=labels, average="weighted", zero_division=0)),
         "log_loss": float(log_loss(y, np.clip(probs, 1e-7, 1), labels=labels)),
         "ece": expected_calibration_error(probs, y),

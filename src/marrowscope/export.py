@@ -77,6 +77,7 @@ torchvision
 timm>=1.0.20
 safetensors
 numpy
+scipy
 pillow
 matplotlib
 grad-cam>=1.5

@@ -161,16 +161,25 @@ def rename_efficientnet_lite_keys(state: dict[str, torch.Tensor], net: nn.Module
 
 
 class WithFeatures(nn.Module):
-    """A timm classifier that also returns its pooled features (the input of the last layer), for
-    the domain check; exported to ONNX as the outputs ``logits`` and ``features``."""
+    """A timm classifier that also returns the features of the domain check: the mean and standard
+    deviation per channel of a middle stage (stride 16), exported to ONNX as ``features``.
+
+    Why a middle stage: stain, background and scanner show in feature statistics of early and middle
+    layers (they are what style transfer changes), while the last pooled features keep mostly the
+    cell type. Measured on this project's model (other-lab-pbc against the bone-marrow-7 test split,
+    Mahalanobis distance): AUROC 0.76 with the pooled features, 0.85 at the last stage, 1.00 at
+    stride 16 (``bench/other_labs.py``).
+    """
 
     def __init__(self, net: nn.Module):
         super().__init__()
         self.net = net
+        stages = list(net.feature_info) if hasattr(net, "feature_info") else []
+        self.index = next((i for i, f in enumerate(stages) if f["reduction"] == 16), max(0, len(stages) // 2))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pooled = self.net.forward_head(self.net.forward_features(x), pre_logits=True)
-        return self.net.get_classifier()(pooled), pooled
+        final, (mid,) = self.net.forward_intermediates(x, indices=[self.index], intermediates_only=False)
+        return self.net.forward_head(final), torch.cat([mid.mean((2, 3)), mid.std((2, 3))], 1)
 
 
 def gradcam_target_layer(net: nn.Module) -> nn.Module:

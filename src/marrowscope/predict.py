@@ -218,10 +218,13 @@ class Predictor:
         Raises:
             ImageDecodeError: the image cannot be read.
         """
-        (result,) = self.predict_many([src], batch_size=1, workers=1, pixel_size=pixel_size)
-        if isinstance(result, Unreadable):
-            raise ImageDecodeError(result.reason)
-        return result
+        # the same load and forward as a batch, without a batch's decoding threads
+        loaded = self.load(src, pixel_size=pixel_size)
+        if isinstance(loaded, Unreadable):
+            raise ImageDecodeError(loaded.reason)
+        logits, _, scores = self.forward(loaded[0][None])
+        return Prediction(_name(src, 0), probs_from_logits(logits, self.temperature)[0], loaded[1],
+                          None if scores is None else float(scores[0]))
 
     def is_unusual(self, prediction: Prediction) -> bool:
         """Whether the domain check finds the image unlike the training images."""

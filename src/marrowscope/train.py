@@ -162,6 +162,18 @@ def _resolve(cfg: TrainConfig) -> TrainConfig:
     return cfg
 
 
+def _fit_checks(model_dir: Path, samples: list, manifest: Path, data_root) -> None:
+    """The model folder's training scale (from red cells, where its images show any) and then its
+    domain check (on features of images at that scale)."""
+    from marrowscope import domain, scale
+    from marrowscope.artifacts import write_settings
+
+    measured = scale.measure([s.path for s in samples if s.split != "test"])
+    if measured:
+        write_settings(model_dir, scale=measured)
+    domain.fit_for_model(model_dir, manifest, data_root)
+
+
 def _samples(cfg: TrainConfig) -> list:
     """The run's samples, refusing a class without training or validation images."""
     samples, skipped = load_samples(cfg.data, cfg.classes, val=cfg.val, test=cfg.test, seed=cfg.seed,
@@ -179,8 +191,9 @@ def _samples(cfg: TrainConfig) -> list:
 
 def _datasets(cfg: TrainConfig, samples: list, data_config: dict) -> list[CellDataset]:
     """The training (augmented) and validation datasets."""
-    datasets = [CellDataset([s for s in samples if s.split == sp], cfg.classes, transform, workers=cfg.workers)
-                for sp, transform in (("train", train_transform(data_config, cfg.augment)), ("val", eval_transform(data_config)))]
+    transforms = {"train": train_transform(data_config, cfg.augment), "val": eval_transform(data_config)}
+    datasets = [CellDataset([s for s in samples if s.split == sp], cfg.classes, t, workers=cfg.workers)
+                for sp, t in transforms.items()]
     for ds in datasets:
         if ds.skipped:
             print(format_skipped(ds.skipped), file=sys.stderr)
@@ -213,9 +226,8 @@ def _save_best(cfg: TrainConfig, net, best_cb: ModelCheckpoint, data_config: dic
     score = best_cb.best_model_score
     extra = {"trained_on": Path(cfg.data).name, "best_val_f1": None if score is None else round(float(score), 4),
              "train_images": n_train, "val_images": n_val, "tta": False,
-             "recipe": {k: getattr(cfg, k) for k in ("model", "img_size", "epochs", "batch_size", "lr",
-                                                      "weight_decay", "label_smoothing", "mixup", "augment", "pretrained",
-                                                      "seed")},
+             "recipe": {k: getattr(cfg, k) for k in ("model", "img_size", "epochs", "batch_size", "lr", "weight_decay",
+                                                      "label_smoothing", "mixup", "augment", "pretrained", "seed")},
              "init_weights": Path(cfg.init_weights).name if cfg.init_weights else None}
     files = {n: out / n for n in ("history.csv", "curves.png", "config_train.json") if (out / n).exists()}
     # the model folder's own manifest, its paths relative to the model folder
@@ -223,6 +235,7 @@ def _save_best(cfg: TrainConfig, net, best_cb: ModelCheckpoint, data_config: dic
     model_dir = save_model_folder(net, out / "model", cfg.classes, data_config, extra=extra, half=cfg.half,
                                   files=files)
     files["manifest.csv"].unlink()
+    _fit_checks(model_dir, samples, out / "manifest.csv", cfg.data_root)
     print(f"best epoch val macro-F1 {extra['best_val_f1']} (validation split, {n_val} images); "
           f"model folder: {model_dir}", file=sys.stderr)
     return model_dir
