@@ -149,7 +149,8 @@ def load_model_folder(path: str | Path) -> tuple[nn.Module, ModelInfo]:
         net = timm.create_model(info.architecture, pretrained=False,
                                 **{**info.model_args, "num_classes": len(info.classes)})
     except (RuntimeError, ValueError, TypeError, KeyError) as exc:
-        raise MarrowscopeError(f"'{info.path / CONFIG}': cannot build architecture '{info.architecture}' ({exc}).") from None
+        raise MarrowscopeError(f"'{info.path / CONFIG}': cannot build architecture '{info.architecture}' "
+                               f"({exc}).") from None
     try:
         state = load_file(str(info.path / WEIGHTS), device="cpu")
     except Exception as exc:  # safetensors raises its own error types

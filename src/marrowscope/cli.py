@@ -13,7 +13,8 @@ from pathlib import Path
 
 from marrowscope.classes import CLASSES
 from marrowscope.cli_args import (classes_arg, data_flags, inference_flags, launch_flags, launch_settings,
-                                  model_flag, model_then_data, take_old_model)
+                                  model_then_data)
+from marrowscope.cli_serve import add_app, add_export_onnx, add_export_space
 from marrowscope.config import REVIEW_BELOW, TEST_FRACTION, VAL_FRACTION, TrainConfig
 from marrowscope.errors import MarrowscopeError
 
@@ -196,71 +197,38 @@ def cmd_predict(a) -> None:
     print(f"wrote {a.out} and its _counts.csv")
 
 
-# ---------------------------------------------------------------- app and exports
-def _add_app(sub) -> None:
-    s = sub.add_parser("app", help="launch the Gradio web app")
-    model_flag(s)
-    s.add_argument("--host", default="127.0.0.1", help="interface to bind (default: this machine only)")
-    s.add_argument("--port", type=int, default=7860)
-    s.add_argument("--examples", default=None, help="class-folder tree to take example images from "
-                   "(default: ../shared/data/bone-marrow-7 if present)")
-    s.add_argument("--no-explain", action="store_true", help="skip Grad-CAM overlays")
-    s.add_argument("--pixel-size", type=float, default=None, metavar="UM",
-                   help="default micrometres per pixel of uploads (each upload may set its own)")
-    s.set_defaults(func=cmd_app)
+# ---------------------------------------------------------------- adapt
+def _add_adapt(sub) -> None:
+    s = sub.add_parser("adapt", help="fine-tune a model on a few reviewed cells of a new lab")
+    s.add_argument("data", help="class folders, labels.csv or manifest, or the app's reviewed.zip")
+    s.add_argument("--from", dest="source", default=None, help="model folder to adapt (default: the bundled model)")
+    s.add_argument("--out", required=True, help="the new model folder (must not be a model folder already)")
+    s.add_argument("--replay", default=None, help="class folders of the model's training images (default: its "
+                   "manifest's training split, where its images are found)")
+    s.add_argument("--epochs", type=int, default=4)
+    s.add_argument("--lr", type=float, default=3e-4)
+    s.add_argument("--holdout", type=float, default=0.2, help="share of each class held out to measure on")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--workers", type=int, default=2)
+    s.add_argument("--data-root", default=None, help="folder that now holds a manifest's class folders")
+    s.set_defaults(func=cmd_adapt)
 
 
-def cmd_app(a) -> None:
-    from marrowscope.app import launch
+def cmd_adapt(a) -> None:
+    from marrowscope.adapt import adapt
 
-    launch(a.model, host=a.host, port=a.port, examples_dir=a.examples, explain=not a.no_explain,
-           pixel_size=a.pixel_size)
-
-
-def _add_export_onnx(sub) -> None:
-    s = sub.add_parser("export-onnx", help="write model.onnx into the model folder, checked against PyTorch")
-    s.add_argument("paths", nargs="*", metavar="MODEL", help=argparse.SUPPRESS)  # deprecated form
-    model_flag(s)
-    s.add_argument("--images", nargs="*", default=None, help="images or folders to check on "
-                   "(default: one per class from ../shared/data/bone-marrow-7 if present, else random input)")
-    s.add_argument("--int8", action="store_true", help="also write model.int8.onnx (static INT8, ONNX Runtime)")
-    s.add_argument("--calibration-images", type=int, default=200, help="training images for INT8 calibration")
-    s.add_argument("--data-root", default=None, help="folder the model manifest's paths start from")
-    s.set_defaults(func=cmd_export_onnx)
+    r = adapt(a.data, a.source, a.out, replay=a.replay, epochs=a.epochs, lr=a.lr, holdout=a.holdout, seed=a.seed,
+              workers=a.workers, data_root=a.data_root)
+    for u in r["unreadable"]:
+        print(f"skipped {u['path']}: {u['reason']}", file=sys.stderr)
+    print(f"adapted {r['source']} on {r['cells']} cells (+{r['replayed']} replayed) into {a.out}")
+    if r["held_out"]:
+        print(f"accuracy on {r['held_out']} held-out cells: {r['accuracy_before']:.3f} before, "
+              f"{r['accuracy_after']:.3f} after")
 
 
-def cmd_export_onnx(a) -> None:
-    from marrowscope.artifacts import resolve_model_dir
-    from marrowscope.export import check_images, export_int8, export_onnx, int8_calibration_images
-
-    take_old_model(a, list(a.paths), leading=True)
-    model_dir, images = resolve_model_dir(a.model), check_images(a.images)
-    path, diff = export_onnx(model_dir, images)
-    print(f"wrote {path}; largest probability difference to PyTorch on "
-          f"{len(images) or 'random'} {'real ' if images else ''}input(s): {diff:.2e}")
-    if a.int8:
-        train = int8_calibration_images(model_dir, a.calibration_images, a.data_root)
-        print(f"wrote {export_int8(model_dir, train)}, calibrated on {len(train)} training images; compare "
-              "`evaluate --backend onnx-int8` with `--backend onnx` on the test split before shipping it")
-
-
-def _add_export_space(sub) -> None:
-    s = sub.add_parser("export-space", help="write a folder ready to push as a Hugging Face Space")
-    s.add_argument("paths", nargs="+", metavar="OUT_DIR", help="the folder to write")
-    model_flag(s)
-    s.set_defaults(func=cmd_export_space)
-
-
-def cmd_export_space(a) -> None:
-    from marrowscope.export import export_space
-
-    rest = take_old_model(a, list(a.paths), leading=len(a.paths) == 2)
-    out = export_space(a.model, rest[0])
-    print(f"wrote a Hugging Face Space to {out}; try it with: cd {out} && python app.py")
-
-
-SUBCOMMANDS = (_add_prepare, _add_stats, _add_train, _add_evaluate, _add_calibrate, _add_predict, _add_app,
-               _add_export_onnx, _add_export_space)
+SUBCOMMANDS = (_add_prepare, _add_stats, _add_train, _add_adapt, _add_evaluate, _add_calibrate, _add_predict,
+               add_app, add_export_onnx, add_export_space)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -134,7 +134,9 @@ def _to_rgb(im: Image.Image, name: str) -> Image.Image:
             return Image.alpha_composite(background, rgba).convert("RGB")
         return im.convert("RGB")
     except Exception as exc:  # noqa: BLE001 - same boundary as _open: conversion of hostile data
-        raise ImageDecodeError(f"{name} has pixel mode {im.mode!r}, which cannot be converted to RGB ({exc}).") from None
+        raise ImageDecodeError(
+            f"{name} has pixel mode {im.mode!r}, which cannot be converted to RGB ({exc})."
+        ) from None
 
 
 def _from_array(arr: np.ndarray, name: str) -> Image.Image:

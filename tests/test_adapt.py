@@ -1,0 +1,85 @@
+"""Adapting a model to a new lab: a new model folder, the source untouched, and bad input refused."""
+
+import hashlib
+import io
+import re
+import zipfile
+
+import pytest
+
+from marrowscope.adapt import adapt
+from marrowscope.artifacts import read_model_info
+from marrowscope.cli import main
+from tests.conftest import make_dataset, synthetic_cell
+
+
+def _digest(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_adapts_on_a_subset_of_classes_into_a_new_folder(tiny_model, tmp_path):
+    before = _digest(tiny_model)
+    cells = make_dataset(tmp_path / "lab", per_class=6, classes=("EOS", "LYT"))
+    (cells / "EOS" / "broken.png").write_bytes(b"not a png")
+    r = adapt(cells, tiny_model, tmp_path / "ours", epochs=1, workers=0)
+    out = tmp_path / "ours"
+    info = read_model_info(out)
+    assert info.classes == read_model_info(tiny_model).classes and info.extra["adapted"]["cells"] == 10
+    assert r["held_out"] == 2 and r["replayed"] > 0 and 0 <= r["accuracy_after"] <= 1
+    assert any("broken.png" in u["path"] for u in r["unreadable"])
+    assert (out / "domain.safetensors").is_file()
+    assert "## Adapted from model on 10 cells of lab" in (out / "MODEL_CARD.md").read_text()
+    assert _digest(tiny_model) == before  # the source model folder is never modified
+
+
+def _zip(path, members):
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in members:
+            zf.writestr(name, data)
+    return path
+
+
+def _png(k):
+    b = io.BytesIO()
+    synthetic_cell(k % 7, k).save(b, "PNG")
+    return b.getvalue()
+
+
+@pytest.mark.parametrize("case, words", [
+    ("empty", "holds no images|found: none"),
+    ("single", "at least 2"),
+    ("unknown", "does not know"),
+    ("duplicate-zip", "more than once"),
+    ("existing-out", "already a model folder"),
+])
+def test_bad_input_is_a_sentence_and_nothing_is_written(tiny_model, tmp_path, case, words, capsys):
+    out = tmp_path / "out"
+    if case == "empty":
+        data = tmp_path / "empty"
+        (data / "EOS").mkdir(parents=True)
+    elif case == "single":
+        data = make_dataset(tmp_path / "one", per_class=1, classes=("EOS",))
+    elif case == "unknown":
+        data = make_dataset(tmp_path / "unk", per_class=3, classes=("EOS", "XYZ"))
+    elif case == "duplicate-zip":
+        data = _zip(tmp_path / "reviewed.zip", [("EOS/a.png", _png(1)), ("EOS/a.png", _png(2)),
+                                                ("LYT/b.png", _png(3))])
+    else:
+        data = make_dataset(tmp_path / "ok", per_class=3, classes=("EOS",))
+        out = tiny_model
+    before = _digest(tiny_model)
+    assert main(["adapt", str(data), "--from", str(tiny_model), "--out", str(out), "--epochs", "1",
+                 "--workers", "0"]) == 2
+    line = [x for x in capsys.readouterr().err.splitlines() if x.startswith("marrowscope adapt: error:")]
+    assert len(line) == 1 and re.search(words, line[0]), line
+    assert _digest(tiny_model) == before
+    if case != "existing-out":
+        assert not out.exists()
+
+
+def test_reviewed_zip_from_the_app_adapts_as_it_is(tiny_model, tmp_path):
+    members = [(f"{c}/{k:05d}_cell.png", _png(i * 10 + k)) for i, c in enumerate(("EOS", "NGS")) for k in range(3)]
+    labels = "path,label,split,sha256\n" + "".join(f"{n},{n.split('/')[0]},train,\n" for n, _ in members)
+    data = _zip(tmp_path / "reviewed.zip", [*members, ("labels.csv", labels)])
+    r = adapt(data, tiny_model, tmp_path / "ours", epochs=1, workers=0)
+    assert r["cells"] == 6 and r["held_out"] == 0  # 3 per class: too few to hold any out
