@@ -50,6 +50,7 @@ def _png(k):
     ("single", "at least 2"),
     ("unknown", "does not know"),
     ("duplicate-zip", "more than once"),
+    ("corrupt-zip", "not a readable zip"),
     ("existing-out", "already a model folder"),
 ])
 def test_bad_input_is_a_sentence_and_nothing_is_written(tiny_model, tmp_path, case, words, capsys):
@@ -64,6 +65,9 @@ def test_bad_input_is_a_sentence_and_nothing_is_written(tiny_model, tmp_path, ca
     elif case == "duplicate-zip":
         data = _zip(tmp_path / "reviewed.zip", [("EOS/a.png", _png(1)), ("EOS/a.png", _png(2)),
                                                 ("LYT/b.png", _png(3))])
+    elif case == "corrupt-zip":
+        data = tmp_path / "reviewed.zip"
+        data.write_bytes(b"PK\x03\x04 truncated")
     else:
         data = make_dataset(tmp_path / "ok", per_class=3, classes=("EOS",))
         out = tiny_model

@@ -20,6 +20,7 @@ from typing import Optional
 from marrowscope.artifacts import CONFIG, load_model_folder, resolve_model_dir, save_model_folder
 from marrowscope.data import Sample, load_samples, prepare, scan_folder
 from marrowscope.errors import MarrowscopeError, Unreadable
+from marrowscope.uploads import UNPACK_ERRORS
 
 REPLAY_PER_CLASS = 30   # the source's own training images per class mixed in each epoch
 HOLDOUT_MIN_PER_CLASS = 5  # below this, every labelled cell is used for training
@@ -62,8 +63,8 @@ def _unzip(path: Path, work: Path) -> Path:
                     raise MarrowscopeError(f"'{path.name}' has a member outside its folder: '{name}'.")
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(zf.read(name))
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise MarrowscopeError(f"'{path}' is not a readable zip ({exc}).") from None
+    except UNPACK_ERRORS as exc:  # corrupt, encrypted or Deflate64 members too
+        raise MarrowscopeError(f"'{path}' is not a readable zip ({type(exc).__name__}: {exc}).") from None
     return work / "cells"
 
 
