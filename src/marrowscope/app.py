@@ -54,7 +54,9 @@ def classify(predictor: Predictor, explainer, image_path: Optional[str], review_
     try:
         pred = predictor.predict_one(image_path, pixel_size or None)
         top = pred.top_k(predictor.classes, 3)
-        overlay = explainer.overlay(image_path, predictor.classes.index(top[0][0]), pixel_size=pixel_size or None) \
+        # the overlay reuses the pixel size the prediction used, rather than estimating it again
+        used = pixel_size or (pred.scale.pixel_size_um if pred.scale else None)
+        overlay = explainer.overlay(image_path, predictor.classes.index(top[0][0]), pixel_size=used) \
             if explainer else None
     except MarrowscopeError as exc:
         raise gr.Error(_tidy(str(exc), image_path, Path(image_path).name)) from None

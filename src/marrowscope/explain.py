@@ -31,13 +31,13 @@ class Explainer:
     def heatmap(self, src: ImageSource, class_index: Optional[int] = None,
                 pixel_size: Optional[float] = None) -> tuple[np.ndarray, int]:
         """A [H, W] map in [0, 1] at the model's input size, for ``class_index`` (default: predicted)."""
-        return self._heatmap(decode_image(src), class_index, pixel_size)
+        return self._heatmap(self.preprocess.to_scale(decode_image(src), pixel_size)[0], class_index)
 
-    def _heatmap(self, image: Image.Image, class_index: Optional[int],
-                 pixel_size: Optional[float]) -> tuple[np.ndarray, int]:
+    def _heatmap(self, scaled: Image.Image, class_index: Optional[int]) -> tuple[np.ndarray, int]:
+        """The map of an image already at the training scale (``Preprocess.to_scale``)."""
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-        x = self.preprocess(image, pixel_size)[0].unsqueeze(0)
+        x = self.preprocess.transform(scaled).unsqueeze(0)
         with self._lock:
             if class_index is None:
                 with torch.no_grad():
@@ -51,7 +51,8 @@ class Explainer:
         so the map lines up on non-square images too) with the heatmap blended over it (red: most evidence)."""
         from pytorch_grad_cam.utils.image import show_cam_on_image
 
-        image = decode_image(src)
-        cam, _ = self._heatmap(image, class_index, pixel_size)
-        rgb = np.asarray(self.geometry(image, pixel_size), dtype=np.float32) / 255.0
+        # scaled once (the red-cell estimate is the costly part), then mapped and drawn on the same pixels
+        scaled, _ = self.preprocess.to_scale(decode_image(src), pixel_size)
+        cam, _ = self._heatmap(scaled, class_index)
+        rgb = np.asarray(self.preprocess.geometry_only(scaled), dtype=np.float32) / 255.0
         return Image.fromarray(show_cam_on_image(rgb, cam, use_rgb=True, image_weight=weight))

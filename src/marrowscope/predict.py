@@ -162,14 +162,6 @@ class Predictor:
         scores = self.domain.score(feats) if self.domain is not None and feats is not None else None
         return logits.reshape(-1, len(batch), logits.shape[-1]), feats, scores
 
-    def view_logits(self, batch: torch.Tensor) -> np.ndarray:
-        """[N, 3, H, W] -> [V, N, C] logits."""
-        return self.forward(batch)[0]
-
-    def probs_of_batch(self, batch: torch.Tensor) -> np.ndarray:
-        """[N, 3, H, W] tensor -> [N, C] probabilities (temperature applied, views averaged)."""
-        return probs_from_logits(self.view_logits(batch), self.temperature)
-
     def stream_logits(self, sources: Sequence[ImageSource], names: Optional[Sequence[str]] = None,
                       batch_size: int = 32, workers: Optional[int] = None, pixel_size: Optional[float] = None
                       ) -> Iterator[Union[Raw, Unreadable]]:

@@ -57,7 +57,9 @@ class Preprocess:
                                    "cells at about 0.05-0.5 µm per pixel.")
         return float(pixel_size)
 
-    def _to_scale(self, image, pixel_size: Optional[float]):
+    def to_scale(self, image, pixel_size: Optional[float] = None):
+        """(the image at the training scale and field, its Scale); the image as it is, and None, for a
+        model folder that records no training scale."""
         from marrowscope.scale import ToTrainingScale
 
         if not self.scale:
@@ -66,12 +68,12 @@ class Preprocess:
         return ToTrainingScale(self.scale["pixel_size_um"], self.scale["field_px"], given)(image)
 
     def __call__(self, image, pixel_size: Optional[float] = None):
-        image, scale = self._to_scale(image, pixel_size)
+        image, scale = self.to_scale(image, pixel_size)
         return self.transform(image), scale
 
     def geometry(self, image, pixel_size: Optional[float] = None):
         """The pixels the network sees, as a PIL image (for drawing Grad-CAM over them)."""
-        return self.geometry_only(self._to_scale(image, pixel_size)[0])
+        return self.geometry_only(self.to_scale(image, pixel_size)[0])
 
 
 def eval_geometry(data_config: dict):
