@@ -6,15 +6,19 @@
 # limit), manifest.csv (the fixed 70/15/15 split, seed 0, from `marrowscope prepare`), the
 # EfficientNet-Lite ImageNet weights (fp16, classifier dropped) and a timm wheel. Results go to
 # $OUT/runs/<name>, returned as bundle.tar.aa, .ab, ... (cat them, then untar). Test metrics are computed afterwards on the original images, on the CPU.
-#   DRY=1 OUT=/tmp/dry scripts/train_candidates_gpu.sh   # a one-epoch rehearsal on a few images
+# WORK (default .gpuwork) is the scratch folder for the wheels, the images and the bundle.
+#   DRY=1 OUT=runs/dry scripts/train_candidates_gpu.sh   # a one-epoch rehearsal on a few images
 set -u
 OUT=${OUT:-runs/gpu}
-mkdir -p "$OUT/runs"
+WORK=${WORK:-.gpuwork}
+mkdir -p "$OUT/runs" "$WORK"
+WORK=$(cd "$WORK" && pwd)  # the bundle step below runs from inside $OUT
 if [ -z "${DRY:-}" ]; then
-  python3 -m pip install -q --no-index --no-deps --target /tmp/site .devdata/whl/*.whl && export PYTHONPATH=/tmp/site:$PWD/src
-  mkdir -p /tmp/bm7 && tar -xf .devdata/bm7.tar -C /tmp/bm7
+  python3 -m pip install -q --no-index --no-deps --target "$WORK/site" .devdata/whl/*.whl && \
+    export PYTHONPATH=$WORK/site:$PWD/src
+  mkdir -p "$WORK/bm7" && tar -xf .devdata/bm7.tar -C "$WORK/bm7"
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-  MANIFEST=.devdata/manifest.csv; ROOT=/tmp/bm7; EP=1; SIZE=; MAXT=00:00:06:20; PY=python3
+  MANIFEST=.devdata/manifest.csv; ROOT=$WORK/bm7; EP=1; SIZE=; MAXT=00:00:06:20; PY=python3
 else
   MANIFEST=.devdata/small.csv; ROOT=../shared/data/bone-marrow-7; EP=0; SIZE="--img-size 64"; MAXT=00:00:02:00
   PY=.venv/bin/python; export PYTHONPATH=$PWD/src
@@ -36,4 +40,5 @@ wait
 for f in "$OUT"/runs/*/history.csv; do echo "== $f"; tail -n 3 "$f"; done
 grep -h "best epoch" "$OUT"/*.log
 # The device returns at most 8 files of 16 MiB: one tar of everything, split into 15 MB parts.
-(cd "$OUT" && tar -cf /tmp/bundle.tar runs ./*.log && rm -rf runs ./*.log && split -b 15m /tmp/bundle.tar bundle.tar. && ls -la)
+(cd "$OUT" && tar -cf "$WORK/bundle.tar" runs ./*.log && rm -rf runs ./*.log && \
+  split -b 15m "$WORK/bundle.tar" bundle.tar. && ls -la)
