@@ -68,7 +68,8 @@ def test_batch_with_zip_and_bad_file_then_review_export(predictor, tmp_path):
             synthetic_cell(k + 3, k).save(b, "PNG")
             zf.writestr(f"../../evil/c{k}.png", b.getvalue())  # a path that must not be extracted
         zf.writestr("readme.txt", "not an image")
-    rows, counts, fig, downloads, note, review, state = batch(predictor, [*good, str(bad), str(z)])
+    rows, counts, decisions, fig, downloads, note, review, state = batch(predictor, [*good, str(bad), str(z)])
+    assert sum(n for _, n in decisions) == 5 and [d for d, _ in decisions] == ["accepted", "review", "possible-blast"]
     assert len(rows) == 6 and sum(c[1] for c in counts) == 5
     assert "broken.png" in note and "1 problem" in note
     assert all(Path(d).is_file() for d in downloads)

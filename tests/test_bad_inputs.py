@@ -101,7 +101,7 @@ def test_predict_and_app_batch_on_the_corpus(tmp_path, predictor):
     empty = run_batch(predictor, [tmp_path / "empty-folder"])
     assert "holds no images" in empty.errors[0]["error"]
 
-    rows, counts, _, downloads, note, _, _ = app_batch(predictor, [str(p) for p in sorted(cls.iterdir())])
+    rows, counts, _, _, downloads, note, _, _ = app_batch(predictor, [str(p) for p in sorted(cls.iterdir())])
     assert sum(c[1] for c in counts) == len(odd)
     for name, (_, words) in BAD.items():
         assert f"- {name}: '{name}'" in note and words in note

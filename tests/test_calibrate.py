@@ -32,7 +32,9 @@ def test_calibrate_writes_temperature_and_refuses_test(tmp_path, tiny_run):
     assert Predictor(model).tta is True
     assert Predictor(model).temperature == pytest.approx(r["tta"]["temperature"], abs=1e-4)
     assert Predictor(model, tta=False).temperature == pytest.approx(r["no_tta"]["temperature"], abs=1e-4)
-    assert 0.25 <= r["tta"]["temperature"] <= 8 and r["split"] == "val" and r["images"] > 0
+    assert 0.25 <= r["tta"]["temperature"] <= 8 and "val split" in r["on"] and r["images"] > 0
+    # the review policy is fitted beside each temperature and used by the Predictor of that setting
+    assert Predictor(model).policy.fitted and Predictor(model, tta=False).policy.fitted
 
 
 def test_calibrate_goes_on_past_unreadable_files(tmp_path, tiny_model):

@@ -98,7 +98,7 @@ def test_app_batch_with_hostile_zip_classifies_the_rest(predictor, tmp_path):
     from marrowscope.app import batch, drop_batch
 
     z = hostile_zip(tmp_path / "cells.zip")
-    rows, counts, _, downloads, note, review, state = batch(predictor, [str(z)])
+    rows, counts, _, _, downloads, note, review, state = batch(predictor, [str(z)])
     assert sum(c[1] for c in counts) == 2 and len(review) == 2
     assert "3 problem(s)" in note and "encrypted" in note
     # the session's state holds paths in the batch's folder, never image bytes

@@ -16,7 +16,7 @@ from typing import Optional
 
 import gradio as gr
 
-from marrowscope.batch import UNUSUAL_WARNING, BatchResult
+from marrowscope.batch import UNUSUAL_WARNING, BatchResult, batch_policy
 from marrowscope.classes import FULL_NAMES, display_name
 from marrowscope.config import REVIEW_BELOW
 from marrowscope.errors import MarrowscopeError, Unreadable
@@ -60,18 +60,28 @@ def classify(predictor: Predictor, explainer, image_path: Optional[str], review_
             if explainer else None
     except MarrowscopeError as exc:
         raise gr.Error(_tidy(str(exc), image_path, Path(image_path).name)) from None
-    label, p = top[0]
-    if p < review_below:
-        advice = (f"**Review by a person:** the model is unsure (top probability {p:.0%} is below "
-                  f"{review_below:.0%}). Its best guess is {display_name(label)}.")
-    else:
-        advice = f"Most likely **{display_name(label)}** ({p:.0%})."
+    advice = _advice(predictor, pred.probs, top, review_below)
     if predictor.is_unusual(pred):
         advice = "**Warning:** this image looks unlike the images the model learnt from: results may be wrong.\n\n" \
                  + advice
     if pred.scale is not None:
         advice += f"\n\nScale: {pred.scale}."
     return {display_name(c): v for c, v in top}, overlay, advice
+
+
+def _advice(predictor: Predictor, probs, top: list, review_below: float) -> str:
+    """The cell's decision (the model folder's review policy) in a sentence."""
+    policy = batch_policy(predictor, review_below)
+    decision = str(policy.decide(probs, predictor.classes)[0])
+    label, p = top[0]
+    if decision == "possible-blast":
+        p_blast = float(probs[list(predictor.classes).index("BLA")])
+        return (f"**Possible blast: review by a person.** Predicted {display_name(label)} ({p:.0%}), but the "
+                f"blast probability ({p_blast:.0%}) is too high to rule a blast out.")
+    if decision == "review":
+        return (f"**Review by a person:** the model is not sure enough to accept this cell (top probability {p:.0%}, "
+                f"accepted from {policy.accept_threshold:.0%}). Its best guess is {display_name(label)}.")
+    return f"Most likely **{display_name(label)}** ({p:.0%}): accepted."
 
 
 def _tidy(message: str, path, name: str) -> str:
@@ -99,7 +109,7 @@ def batch(predictor: Predictor, files: Optional[list], state: Optional[dict] = N
         predictor.preprocess.check_pixel_size(pixel_size)
     except MarrowscopeError as exc:
         raise gr.Error(str(exc)) from None
-    result = BatchResult(list(predictor.classes), 3, review_below, predictor.unusual_above)
+    result = BatchResult(list(predictor.classes), 3, batch_policy(predictor, review_below), predictor.unusual_above)
     cells = []
     stream = predictor.predict_many(uploads.files, names=uploads.names, pixel_size=pixel_size or None)
     for item, path, name in zip(stream, uploads.files, uploads.names):
@@ -112,19 +122,20 @@ def batch(predictor: Predictor, files: Optional[list], state: Optional[dict] = N
         result.add(problem)
     csv_path, counts_path = result.write(workdir / "predictions.csv")
     rows = [[r["file"], display_name(r["predicted"]) if r["predicted"] else "unreadable",
-             r["probability"], _top3_text(r), r["review"], r.get("unusual", "")] for r in result.rows]
+             r["probability"], _top3_text(r), r["decision"], r.get("unusual", "")] for r in result.rows]
     counts = [[display_name(c["class"]), c["cells"], c["percent"]] for c in result.counts]
+    decisions = [[d, n] for d, n in result.decision_counts.items()]
     errors = [f"- {r['file']}: {r['error']}" for r in result.errors]
-    note = (f"Classified {len(result.classified)} cell(s); {sum(1 for r in result.rows if r['review'])} "
-            "flagged for review.")
+    note = (f"Classified {len(result.classified)} cell(s): " +
+            ", ".join(f"{n} {d}" for d, n in result.decision_counts.items()) + f". Rule: {result.policy.describe()}.")
     if result.unusual:
         note = f"**Warning:** {len(result.unusual)} of {len(result.classified)} image(s): {UNUSUAL_WARNING}\n\n" + note
     if errors:
         note += f"\n\n**{len(errors)} problem(s):**\n" + "\n".join(errors)
     review_rows = [[r["file"], r["predicted"], r["probability"], r["predicted"]] for r in result.classified]
     new_state = {"dir": str(workdir), "cells": cells}
-    return (rows, counts, count_figure(result.counts), [str(csv_path), str(counts_path)], note, review_rows,
-            new_state)
+    return (rows, counts, decisions, count_figure(result.counts), [str(csv_path), str(counts_path)], note,
+            review_rows, new_state)
 
 
 def _top3_text(row: dict) -> str:
@@ -180,8 +191,9 @@ def _batch_and_review_tabs(predictor: Predictor, review_below: float, pixel_size
         note = gr.Markdown()
         with gr.Row():
             counts = gr.Dataframe(headers=["cell type", "cells", "percent"], label="Differential count")
+            decisions = gr.Dataframe(headers=["decision", "cells"], label="Decisions (review policy)")
             chart = gr.Plot(label="Differential count")
-        table = gr.Dataframe(headers=["file", "predicted", "probability", "top 3", "review", "unusual"],
+        table = gr.Dataframe(headers=["file", "predicted", "probability", "top 3", "decision", "unusual"],
                              label="Per image", wrap=True)
         downloads = gr.File(label="CSV downloads", interactive=False)
     with gr.Tab("Review"):
@@ -193,7 +205,7 @@ def _batch_and_review_tabs(predictor: Predictor, review_below: float, pixel_size
         export_note = gr.Markdown()
         exported = gr.File(label="reviewed.zip (class folders + labels.csv)", interactive=False)
     run.click(lambda f, s, um: batch(predictor, f, s, review_below, um), [files, state, pixel],
-              [table, counts, chart, downloads, note, review, state], api_name="batch")
+              [table, counts, decisions, chart, downloads, note, review, state], api_name="batch")
     export.click(lambda r, s: review_export(classes, r, s), [review, state], [exported, export_note],
                  api_name="export_review")
 

@@ -52,6 +52,10 @@ class ModelInfo:
         scale = self.extra.get("scale")
         return scale if scale and {"pixel_size_um", "field_px"} <= set(scale) else None
 
+    def policy(self, tta: bool) -> Optional[dict]:
+        """The review policy fitted for inference with or without TTA (`marrowscope calibrate`), or None."""
+        return (self.extra.get("policy") or {}).get("tta" if tta else "no_tta")
+
     def temperature(self, tta: bool) -> float:
         """The softmax temperature fitted for inference with or without TTA; 1.0 if none was."""
         t = self.extra.get("temperature", 1.0)

@@ -12,6 +12,7 @@ from typing import Optional, Sequence
 from marrowscope.config import REVIEW_BELOW
 from marrowscope.csvfiles import write_csv
 from marrowscope.errors import Unreadable
+from marrowscope.policy import DECISIONS, Policy
 from marrowscope.predict import Predictor, Result, collect_images, differential_count
 
 
@@ -19,11 +20,16 @@ UNUSUAL_WARNING = ("these images look unlike the images the model learnt from (a
                    "magnification?): results may be wrong.")
 
 
+def batch_policy(predictor: Predictor, review_below: float = REVIEW_BELOW) -> Policy:
+    """The model folder's fitted review policy, else the plain rule: review below ``review_below``."""
+    return predictor.policy if predictor.policy.fitted else Policy(review_below)
+
+
 @dataclass
 class BatchResult:
     classes: list[str]
     top_k: int = 3
-    review_below: float = REVIEW_BELOW
+    policy: Policy = field(default_factory=Policy)
     unusual_above: Optional[float] = None  # the model folder's domain-check threshold, if it has one
     rows: list[dict] = field(default_factory=list)
 
@@ -43,16 +49,22 @@ class BatchResult:
     def counts(self) -> list[dict]:
         return differential_count([r["predicted"] for r in self.classified], self.classes)
 
+    @property
+    def decision_counts(self) -> dict[str, int]:
+        """Cells per decision: accepted, review, possible-blast (zeros included)."""
+        return {d: sum(1 for r in self.classified if r["decision"] == d) for d in DECISIONS}
+
     def add(self, result: Result, name: Optional[str] = None) -> dict:
         """One row for a prediction or an unreadable file; ``name`` replaces the source as shown."""
         name = result.source if name is None else name
         if isinstance(result, Unreadable):
-            row = {"file": name, "status": "error", "predicted": "", "probability": "", "review": "",
-                   "error": result.reason}
+            row = {"file": name, "status": "error", "predicted": "", "probability": "", "decision": "",
+                   "review": "", "error": result.reason}
         else:
             top = result.top_k(self.classes, self.top_k)
+            decision = str(self.policy.decide(result.probs, self.classes)[0])
             row = {"file": name, "status": "ok", "predicted": top[0][0], "probability": round(top[0][1], 4),
-                   "review": "yes" if top[0][1] < self.review_below else "", "error": "",
+                   "decision": decision, "review": "yes" if decision != "accepted" else "", "error": "",
                    "scale": str(result.scale or "")}
             for i, (label, p) in enumerate(top, 1):
                 row[f"top{i}"], row[f"p{i}"] = label, round(p, 4)
@@ -64,8 +76,8 @@ class BatchResult:
 
     def columns(self) -> list[str]:
         tops = [c for i in range(1, self.top_k + 1) for c in (f"top{i}", f"p{i}")]
-        return ["file", "status", "predicted", "probability", *tops, "review", "domain_score", "unusual", "scale",
-                "error"]
+        return ["file", "status", "predicted", "probability", *tops, "decision", "review", "domain_score", "unusual",
+                "scale", "error"]
 
     def write(self, out_csv: str | Path) -> tuple[Path, Path]:
         """``out_csv`` (one row per image) and ``<stem>_counts.csv`` (the differential count)."""
@@ -75,10 +87,10 @@ class BatchResult:
         return out_csv, counts_csv
 
     def summary(self) -> str:
-        flagged = sum(1 for r in self.rows if r["review"])
         lines = [f"differential count of {len(self.classified)} classified cell(s):"]
         lines += [f"  {c['class']:<5}{c['cells']:>7}{c['percent']:>7.1f} %" for c in self.counts]
-        lines.append(f"{flagged} cell(s) flagged for review (top probability below {self.review_below:.2f})")
+        lines.append("decisions: " + ", ".join(f"{n} {d}" for d, n in self.decision_counts.items()) +
+                     f" ({self.policy.describe()})")
         if self.unusual:
             lines.append(f"{len(self.unusual)} of {len(self.classified)} image(s): {UNUSUAL_WARNING}")
         if self.errors:
@@ -104,7 +116,7 @@ def run_batch(predictor: Predictor, paths: Sequence[str | Path], out_csv: Option
         from tqdm import tqdm
 
         stream = tqdm(stream, total=len(files), unit="img", desc="classifying")
-    result = BatchResult(list(predictor.classes), top_k, review_below, predictor.unusual_above)
+    result = BatchResult(list(predictor.classes), top_k, batch_policy(predictor, review_below), predictor.unusual_above)
     for item in [*missing, *stream]:
         result.add(item)
     if out_csv:

@@ -1,10 +1,14 @@
-"""Temperature scaling: make the top probability mean what it says, fitted on validation images.
+"""Temperature scaling and the review policy, fitted on images the test metrics do not use: a
+validation split, or the out-of-fold predictions of `marrowscope cv`.
+
+Temperature: make the top probability mean what it says.
 
 One number T divides the logits before the softmax (Guo et al., 2017). It never changes which
 class wins for a single view, and it is fitted on a split the test metrics do not use. The logits
 are computed once with the four TTA views; view 0 alone is the plain prediction, so one pass fits
 a temperature for inference with TTA and one for inference without, and the model folder keeps
-both: each setting is calibrated for the way it is run.
+both: each setting is calibrated for the way it is run. The review policy (:mod:`marrowscope.policy`)
+is then fitted on each setting's calibrated probabilities.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from marrowscope.artifacts import write_settings
 from marrowscope.data import load_samples
 from marrowscope.errors import MarrowscopeError, Unreadable
 from marrowscope.evaluate import expected_calibration_error
+from marrowscope.policy import fit_policy
 from marrowscope.predict import Predictor, probs_from_logits
 
 TEMPERATURES = np.exp(np.linspace(np.log(0.25), np.log(8.0), 241))
@@ -32,10 +37,55 @@ def fit_temperature(view_logits: np.ndarray, y: np.ndarray) -> float:
     return float(min(TEMPERATURES, key=nll))
 
 
-def calibrate(predictor: Predictor, data: str | Path, split: str = "val", seed: int = 0,
-              data_root: str | None = None, write: bool = True, tta: Optional[bool] = None) -> dict:
-    """Fit T with and without TTA on ``split``; with ``write``, store both in the model folder,
-    and ``tta`` (when given) as the folder's default inference setting."""
+def fit_settings(views: np.ndarray, y: np.ndarray, classes, catch: float = 0.97, accuracy: float = 0.97,
+                 delta: float = 0.1) -> dict:
+    """For inference with TTA (all views) and without (view 0): the temperature, the calibration error
+    before and after, and the review policy fitted on the calibrated probabilities."""
+    fitted = {}
+    for key, v in (("tta", views), ("no_tta", views[:1])):
+        t = fit_temperature(v, y)
+        probs = probs_from_logits(v, t)
+        fitted[key] = {"temperature": round(t, 4), "ece_before": expected_calibration_error(probs_from_logits(v), y),
+                       "ece_after": expected_calibration_error(probs, y),
+                       "policy": fit_policy(probs, y, classes, catch, accuracy, delta)}
+    return fitted
+
+
+def calibrate(predictor: Predictor, data: str | Path | None = None, split: str = "val", seed: int = 0,
+              data_root: str | None = None, write: bool = True, tta: Optional[bool] = None,
+              oof: str | Path | None = None, **targets) -> dict:
+    """Fit T and the review policy, with and without TTA, on ``split`` of ``data`` (or on the out-of-
+    fold logits ``oof`` of `marrowscope cv`); with ``write``, store them in the model folder, and
+    ``tta`` (when given) as the folder's default inference setting. ``targets``: catch, accuracy, delta."""
+    if oof is not None:
+        views, y, unreadable, where = _oof_logits(predictor, Path(oof))
+    else:
+        views, y, unreadable, where = _split_logits(predictor, data, split, seed, data_root)
+    fitted = fit_settings(views, y, predictor.classes, **targets)
+    result = {"on": where, "images": len(y), "unreadable": unreadable, **fitted}
+    if write:
+        settings = {"temperature": {k: fitted[k]["temperature"] for k in fitted},
+                    "policy": {k: fitted[k]["policy"] for k in fitted}, "calibrated_on": where}
+        if tta is not None:
+            settings["tta"] = tta
+        write_settings(predictor.model_dir, **settings)
+    return result
+
+
+def _oof_logits(predictor: Predictor, path: Path):
+    """Out-of-fold [V, N, C] logits and labels from `marrowscope cv`'s oof.npz."""
+    try:
+        z = np.load(path, allow_pickle=False)
+        views, y, classes = z["logits"], z["y"], [str(c) for c in z["classes"]]
+    except (OSError, KeyError, ValueError) as exc:
+        raise MarrowscopeError(f"'{path}' is not the oof.npz of `marrowscope cv` ({exc}).") from None
+    if classes != list(predictor.classes):
+        raise MarrowscopeError(f"'{path}' holds predictions over {classes}, but the model's classes are "
+                               f"{list(predictor.classes)}.")
+    return views, y, [], f"out-of-fold predictions of {len(y)} images ({path.parent.name}/{path.name})"
+
+
+def _split_logits(predictor: Predictor, data, split: str, seed: int, data_root):
     if split == "test":
         raise MarrowscopeError("calibrate on the validation split (or another split the test metrics do not use), "
                                "not on test.")
@@ -57,17 +107,5 @@ def calibrate(predictor: Predictor, data: str | Path, split: str = "val", seed: 
         predictor.tta = tta_was
     if not logits:
         raise MarrowscopeError(f"none of the {len(chosen)} images of the {split} split could be read.")
-    views, y = np.stack(logits, axis=1), np.array(ys)
-    fitted = {}
-    for key, v in (("tta", views), ("no_tta", views[:1])):
-        t = fit_temperature(v, y)
-        fitted[key] = {"temperature": round(t, 4), "ece_before": expected_calibration_error(probs_from_logits(v), y),
-                       "ece_after": expected_calibration_error(probs_from_logits(v, t), y)}
-    result = {"split": split, "images": len(y), "unreadable": unreadable, **fitted}
-    if write:
-        settings = {"temperature": {k: fitted[k]["temperature"] for k in fitted},
-                    "calibrated_on": f"{len(y)} images of the {split} split of {Path(data).name}"}
-        if tta is not None:
-            settings["tta"] = tta
-        write_settings(predictor.model_dir, **settings)
-    return result
+    return np.stack(logits, axis=1), np.array(ys), unreadable, f"{len(ys)} images of the {split} split of " \
+        f"{Path(data).name}"

@@ -7,13 +7,14 @@ its data positionally; the older ``evaluate MODEL DATA`` form still works, with 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from dataclasses import fields
 from pathlib import Path
 
 from marrowscope.classes import CLASSES
 from marrowscope.cli_args import (classes_arg, data_flags, inference_flags, launch_flags, launch_settings,
-                                  model_then_data)
+                                  model_then_data, train_flags)
 from marrowscope.cli_serve import add_app, add_export_onnx, add_export_space
 from marrowscope.config import REVIEW_BELOW, TEST_FRACTION, VAL_FRACTION, TrainConfig
 from marrowscope.errors import MarrowscopeError
@@ -72,39 +73,49 @@ def cmd_stats(a) -> None:
 
 # ---------------------------------------------------------------- train
 def _add_train(sub) -> None:
-    from marrowscope.transforms import AUGMENTATIONS
-
-    d = TrainConfig()
     s = sub.add_parser("train", help="train a timm classifier with PyTorch Lightning")
     s.add_argument("data", nargs="?", help="class-folder tree or manifest CSV")
     s.add_argument("--out", required=True, help="run folder, e.g. runs/NAME")
-    s.add_argument("--model", default=d.model, help="timm architecture name (default %(default)s)")
-    for name in ("img_size", "epochs", "batch_size", "seed", "patience", "workers", "devices", "num_nodes"):
-        s.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
-    for name in ("lr", "weight_decay", "label_smoothing", "mixup", "drop_rate", "val", "test"):
-        s.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
-    s.add_argument("--classes", type=classes_arg, default=CLASSES)
-    s.add_argument("--augment", default=d.augment, choices=AUGMENTATIONS,
-                   help="light: crops, flips, colour; lab: also stain, background, zoom, blur, JPEG")
-    s.add_argument("--pretrained", action="store_true", help="start from ImageNet weights")
-    s.add_argument("--init-weights", default=None, help=".safetensors/.pth state dict or model folder to start from")
-    s.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu", "cuda", "mps"])
-    s.add_argument("--precision", default=None, help="Lightning precision (default bf16-mixed on GPU, 32 on CPU)")
-    s.add_argument("--max-time", default=None, help="stop after DD:HH:MM:SS, keeping the best epoch")
-    s.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
-    s.add_argument("--half", action="store_true", help="store weights as float16")
-    s.add_argument("--data-root", default=None, help="folder a manifest's paths start from")
+    train_flags(s)
     s.set_defaults(func=cmd_train)
 
 
-def cmd_train(a) -> None:
+def _train_config(a) -> TrainConfig:
     from marrowscope.data import data_or_default
-    from marrowscope.train import fit
 
     cfg = TrainConfig(**{f.name: getattr(a, f.name) for f in fields(TrainConfig)
                          if getattr(a, f.name, None) is not None})
     cfg.data = str(data_or_default(a.data))
-    fit(cfg)
+    return cfg
+
+
+def cmd_train(a) -> None:
+    from marrowscope.train import fit
+
+    fit(_train_config(a))
+
+
+def _add_cv(sub) -> None:
+    s = sub.add_parser("cv", help="k-fold cross-validation: mean and sd, out-of-fold predictions, the fold "
+                       "ensemble on the test split")
+    s.add_argument("data", nargs="?", help="manifest CSV or class-folder tree (its test split stays out)")
+    s.add_argument("--out", required=True, help="cross-validation folder, e.g. runs/cv")
+    s.add_argument("--folds", type=int, default=5)
+    s.add_argument("--fold", type=int, default=None,
+                   help="train this fold only (folds in parallel); a later run without it reuses the fold models")
+    train_flags(s)
+    s.set_defaults(func=cmd_cv)
+
+
+def cmd_cv(a) -> None:
+    from marrowscope.cv import cross_validate
+
+    if a.fold is not None and not 0 <= a.fold < a.folds:
+        raise MarrowscopeError(f"--fold {a.fold} is not one of the {a.folds} folds (0-{a.folds - 1}).")
+    summary = cross_validate(_train_config(a), a.folds, a.fold)
+    if summary:
+        print(json.dumps({k: summary[k] for k in ("mean_sd", "pooled", "test_ensemble") if k in summary}, indent=2))
+        print(f"written: {Path(a.out) / 'cv.json'}, oof.csv, oof.npz", file=sys.stderr)
 
 
 # ---------------------------------------------------------------- evaluate, calibrate, predict
@@ -140,9 +151,17 @@ def cmd_evaluate(a) -> None:
 def _add_calibrate(sub) -> None:
     from marrowscope.data import SPLITS
 
-    s = sub.add_parser("calibrate", help="fit softmax temperatures on validation images (with and without TTA)")
+    s = sub.add_parser("calibrate", help="fit softmax temperatures and the review policy (with and without TTA) on "
+                       "validation images or on cross-validation's out-of-fold predictions")
     data_flags(s, "*")
     s.add_argument("--split", default="val", choices=[sp for sp in SPLITS if sp != "test"])
+    s.add_argument("--oof", default=None, help="fit on the oof.npz of `marrowscope cv` (predictions of the same "
+                   "recipe on images each fold model never saw) instead of a split")
+    s.add_argument("--blast-catch", type=float, default=0.97,
+                   help="share of blasts to be predicted BLA or flagged possible-blast (default %(default)s)")
+    s.add_argument("--accept-accuracy", type=float, default=0.97,
+                   help="accuracy the accepted cells must reach (default %(default)s)")
+    s.add_argument("--delta", type=float, default=0.1, help="allowed chance that the accuracy guarantee fails")
     inference_flags(s)
     s.set_defaults(func=cmd_calibrate)  # --tta/--no-tta given here also becomes the folder's default
 
@@ -150,20 +169,26 @@ def _add_calibrate(sub) -> None:
 def cmd_calibrate(a) -> None:
     from marrowscope.calibrate import calibrate
     from marrowscope.data import data_or_default
-    from marrowscope.predict import Predictor
+    from marrowscope.policy import Policy
 
     model_then_data(a)
-    r = calibrate(Predictor(a.model, backend=a.backend, pixel_size=a.pixel_size), data_or_default(a.data), a.split,
-                  seed=a.seed,
-                  data_root=a.data_root, tta=a.tta)
+    for name in ("blast_catch", "accept_accuracy", "delta"):
+        if not 0 < getattr(a, name) < 1:
+            raise MarrowscopeError(f"--{name.replace('_', '-')} must be a fraction between 0 and 1.")
+    from marrowscope.predict import Predictor
+
+    predictor = Predictor(a.model, backend=a.backend, pixel_size=a.pixel_size)
+    r = calibrate(predictor, None if a.oof else data_or_default(a.data), a.split, seed=a.seed,
+                  data_root=a.data_root, tta=a.tta, oof=a.oof, catch=a.blast_catch, accuracy=a.accept_accuracy,
+                  delta=a.delta)
     for key, label in (("tta", "with TTA"), ("no_tta", "without TTA")):
         f = r[key]
         print(f"{label}: temperature {f['temperature']:.3f}, expected calibration error {f['ece_before']:.4f} -> "
-              f"{f['ece_after']:.4f} on {r['images']} images of the {r['split']} split")
+              f"{f['ece_after']:.4f}; policy: {Policy.from_settings(f['policy']).describe()}")
+        print(f"  on the calibration cells: {json.dumps(f['policy']['on_calibration_cells'])}")
+    print(f"fitted on {r['on']}")
     for u in r["unreadable"]:
         print(f"skipped {u.source}: {u.reason}", file=sys.stderr)
-    print("written to the model's config.json" + (f" (default TTA {'on' if a.tta else 'off'})" if a.tta is not None
-                                                  else ""))
 
 
 def _add_predict(sub) -> None:
@@ -227,7 +252,7 @@ def cmd_adapt(a) -> None:
               f"{r['accuracy_after']:.3f} after")
 
 
-SUBCOMMANDS = (_add_prepare, _add_stats, _add_train, _add_adapt, _add_evaluate, _add_calibrate, _add_predict,
+SUBCOMMANDS = (_add_prepare, _add_stats, _add_train, _add_cv, _add_adapt, _add_evaluate, _add_calibrate, _add_predict,
                add_app, add_export_onnx, add_export_space)
 
 

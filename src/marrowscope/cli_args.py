@@ -75,3 +75,36 @@ def data_flags(s, nargs: str = "?") -> None:
                    help="class-folder tree or manifest (default: ../shared/data/bone-marrow-7)")
     s.add_argument("--seed", type=int, default=0, help="seed of the on-the-fly split of a folder")
     s.add_argument("--data-root", default=None, help="folder that now holds a manifest's class folders")
+
+
+def train_flags(s) -> None:
+    """The training recipe's flags (train and cv), defaults from :class:`TrainConfig`."""
+    from marrowscope.config import TrainConfig
+    from marrowscope.transforms import AUGMENTATIONS
+
+    d = TrainConfig()
+    s.add_argument("--model", default=d.model, help="timm architecture name (default %(default)s)")
+    for name in ("img_size", "epochs", "batch_size", "seed", "patience", "workers", "devices", "num_nodes",
+                 "max_steps"):
+        s.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
+    for name in ("lr", "weight_decay", "label_smoothing", "mixup", "drop_rate", "val", "test", "distill_weight"):
+        s.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
+    s.add_argument("--classes", type=classes_arg, default=d.classes)
+    s.add_argument("--augment", default=d.augment, choices=AUGMENTATIONS,
+                   help="light: crops, flips, colour; lab: also stain, background, zoom, blur, JPEG")
+    s.add_argument("--augment-on", default=d.augment_on, choices=["auto", "cpu", "device"],
+                   help="where the lab recipe runs: per image on the CPU, or batched on the device (auto: on a GPU)")
+    s.add_argument("--distill", default=None, help="CSV of a teacher's probabilities per image (cv's oof.csv): "
+                   "train on them as soft targets beside the labels")
+    s.add_argument("--keep", default=d.keep, choices=["best", "last"],
+                   help="keep the best epoch by val macro-F1, or the last (no choice on validation images)")
+    s.add_argument("--no-checks", dest="checks", action="store_false",
+                   help="skip measuring the training scale and fitting the domain check at the end")
+    s.add_argument("--pretrained", action="store_true", help="start from ImageNet weights")
+    s.add_argument("--init-weights", default=None, help=".safetensors/.pth state dict or model folder to start from")
+    s.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu", "cuda", "mps"])
+    s.add_argument("--precision", default=None, help="Lightning precision (default bf16-mixed on GPU, 32 on CPU)")
+    s.add_argument("--max-time", default=None, help="stop after DD:HH:MM:SS, keeping the best epoch")
+    s.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    s.add_argument("--half", action="store_true", help="store weights as float16")
+    s.add_argument("--data-root", default=None, help="folder a manifest's paths start from")

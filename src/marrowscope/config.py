@@ -32,6 +32,12 @@ class TrainConfig:
     label_smoothing: float = 0.1
     mixup: float = 0.0                # mixup/cutmix probability per batch (timm Mixup), 0 = off
     augment: str = "light"            # "lab": also stain, background, zoom, blur and JPEG (other labs)
+    augment_on: str = "auto"          # "lab" recipe per image on "cpu" or batched on the "device"; auto: on a GPU
+    distill: Optional[str] = None     # CSV of a teacher's probabilities per image (`marrowscope cv`'s oof.csv)
+    distill_weight: float = 0.5       # share of the soft-target loss
+    keep: str = "best"                # "best" epoch by val macro-F1, or the "last" (no choice made on val)
+    max_steps: int = -1               # cap on optimiser steps (tests, benchmarks); -1: epochs decide
+    checks: bool = True               # measure the training scale and fit the domain check at the end
     drop_rate: float = 0.2
     pretrained: bool = False
     init_weights: Optional[str] = None

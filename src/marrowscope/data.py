@@ -141,6 +141,32 @@ def split_samples(samples: list[Sample], val: float, test: float, seed: int) -> 
     return samples
 
 
+def assign_folds(samples: list[Sample], k: int, seed: int) -> list[int]:
+    """A fold (0..k-1) per sample for k-fold cross-validation: stratified per class, seeded, and
+    byte-identical files in one fold (so no image is ever both trained on and held out)."""
+    if k < 2:
+        raise MarrowscopeError(f"--folds {k}: cross-validation needs at least 2 folds.")
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, s in enumerate(samples):
+        groups[s.sha256 or sha256_of(s.path)].append(i)
+    by_label: dict[str, list[str]] = defaultdict(list)
+    for digest, members in groups.items():
+        by_label[samples[members[0]].label].append(digest)
+    small = sorted(label for label, d in by_label.items() if len(d) < k)
+    if small:
+        raise MarrowscopeError(f"class(es) {', '.join(small)} have fewer than {k} distinct images; "
+                               f"{k}-fold cross-validation needs at least one per fold.")
+    rng, folds, offset = random.Random(seed), [0] * len(samples), 0
+    for label in sorted(by_label):
+        digests = sorted(by_label[label])
+        rng.shuffle(digests)
+        for j, digest in enumerate(digests):
+            for i in groups[digest]:
+                folds[i] = (j + offset) % k
+        offset += len(digests)  # the next class starts where this one ended: folds stay even in size
+    return folds
+
+
 def _share(n: int, frac: float) -> int:
     """round(n * frac), but at least one when the fraction is asked for and n allows it."""
     k = int(round(n * frac))
@@ -220,21 +246,28 @@ class CellDataset(Dataset):
     Decoding once keeps the CPU for augmentation and the model: JPEG decoding per epoch would
     otherwise rival a small network's forward pass. Files that fail to decode are left out and
     listed in ``skipped``.
+
+    With ``raw_size`` S an item is the whole field as uint8 [3, S, S] (the centre square, resized
+    once), for augmentation of whole batches on the device (:mod:`marrowscope.augment_batch`);
+    otherwise ``transform`` makes it a tensor. With ``soft`` ({sample.rel: probabilities}), an item
+    also carries its soft target (distillation).
     """
 
-    def __init__(self, samples: Sequence[Sample], classes: Sequence[str], transform: Callable, workers: int = 4):
+    def __init__(self, samples: Sequence[Sample], classes: Sequence[str], transform: Optional[Callable],
+                 workers: int = 4, raw_size: Optional[int] = None, soft: Optional[dict] = None):
         self.classes = list(classes)
         index = {c: i for i, c in enumerate(self.classes)}
         unknown = sorted({s.label for s in samples} - set(index))
         if unknown:
             raise MarrowscopeError(f"labels {unknown} are not among the model's classes {self.classes}.")
-        self.transform = transform
+        self.transform, self.raw_size = transform, raw_size
 
         def load(s: Sample):
             try:
-                return np.asarray(decode_image(s.path))
+                im = decode_image(s.path)
             except ImageDecodeError as exc:
                 return str(exc)
+            return _square(im, raw_size) if raw_size else np.asarray(im)
 
         with ThreadPoolExecutor(max(1, workers)) as pool:
             loaded = list(pool.map(load, samples))
@@ -242,6 +275,12 @@ class CellDataset(Dataset):
         self.images = [x for x in loaded if not isinstance(x, str)]
         self.skipped = [Unreadable(s.path, x) for s, x in zip(samples, loaded) if isinstance(x, str)]
         self.targets = torch.tensor([index[s.label] for s in self.samples], dtype=torch.long)
+        self.soft = None
+        if soft is not None:
+            missing = [s.rel for s in self.samples if s.rel not in soft]
+            if missing:
+                raise MarrowscopeError(f"the soft targets lack {len(missing)} training image(s), e.g. '{missing[0]}'.")
+            self.soft = torch.tensor(np.stack([soft[s.rel] for s in self.samples]), dtype=torch.float32)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -249,7 +288,42 @@ class CellDataset(Dataset):
     def __getitem__(self, i: int):
         from PIL import Image
 
-        return self.transform(Image.fromarray(self.images[i])), self.targets[i]
+        x = self.images[i] if self.raw_size else self.transform(Image.fromarray(self.images[i]))
+        return (x, self.targets[i]) if self.soft is None else (x, self.targets[i], self.soft[i])
+
+
+def _square(im, size: int) -> torch.Tensor:
+    """PIL image -> uint8 [3, size, size]: its centre square (what the eval transform keeps), resized."""
+    from PIL import Image
+
+    w, h = im.size
+    side = min(w, h)
+    if (w, h) != (side, side):
+        im = im.crop(((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side))
+    if side != size:
+        im = im.resize((size, size), Image.BICUBIC)
+    return torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1).contiguous()
+
+
+def read_soft_targets(path: str | Path, classes: Sequence[str]) -> dict[str, np.ndarray]:
+    """{class-folder path (``BLA/x.jpg``): probabilities in ``classes`` order} from a CSV with a
+    ``path`` column and one ``p_<class>`` column per class (``marrowscope cv``'s oof.csv)."""
+    import csv
+
+    cols = [f"p_{c}" for c in classes]
+    try:
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    except OSError as exc:
+        raise MarrowscopeError(f"cannot read the soft targets '{path}' ({exc}).") from None
+    if not rows or not {"path", *cols} <= set(rows[0]):
+        raise MarrowscopeError(f"'{path}' is not a table of soft targets: it needs the columns path and "
+                               f"{', '.join(cols)}.")
+    out = {}
+    for r in rows:
+        p = np.array([float(r[c]) for c in cols], dtype=np.float32)
+        out[r["path"]] = p / p.sum()
+    return out
 
 
 def make_loader(ds: Dataset, batch_size: int, workers: int, shuffle: bool) -> DataLoader:

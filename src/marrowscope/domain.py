@@ -72,12 +72,16 @@ def fit_for_model(model_dir: Path, data: Path, data_root: Optional[str] = None) 
     feats = {}
     for split in ("train", "val"):
         paths = [s.path for s in samples if s.split == split]
-        feats[split] = np.stack([r.features for r in predictor.stream_logits(paths) if not isinstance(r, Unreadable)])
+        found = [r.features for r in predictor.stream_logits(paths) if not isinstance(r, Unreadable)]
+        feats[split] = np.stack(found) if found else None
+    if feats["val"] is None:  # a model trained on every image (keep "last"): every 7th sets the threshold
+        every = np.arange(len(feats["train"])) % 7 == 0
+        feats = {"train": feats["train"][~every], "val": feats["train"][every]}
     check = fit(feats["train"], feats["val"])
     save(check, predictor.model_dir)
     info = {"threshold": round(check.threshold, 4), "quantile": QUANTILE,
-            "fitted_on": f"{len(feats['train'])} training images of {Path(data).name}; threshold from its "
-                         f"{len(feats['val'])} validation images"}
+            "fitted_on": f"{len(feats['train'])} training images of {Path(data).name}; threshold from "
+                         f"{len(feats['val'])} other images of it, not in the fit"}
     write_settings(predictor.model_dir, domain=info)
     return info
 

@@ -17,6 +17,7 @@ from marrowscope.csvfiles import write_csv
 from marrowscope.data import SPLIT_CHOICES, Sample, load_samples, sha256_of
 from marrowscope.errors import MarrowscopeError, Unreadable
 from marrowscope.manifest import manifest_rows
+from marrowscope.policy import decision_metrics
 from marrowscope.predict import Predictor
 
 N_BINS = 15
@@ -74,6 +75,14 @@ def format_report(m: dict, classes: Sequence[str]) -> str:
     lines += ["", f"accuracy {m['accuracy']:.4f}  balanced accuracy {m['balanced_accuracy']:.4f}  "
                   f"macro-F1 {m['macro_f1']:.4f}  weighted F1 {m['weighted_f1']:.4f}",
               f"log loss {m['log_loss']:.4f}  expected calibration error {m['ece']:.4f}"]
+    d = m.get("decisions")
+    if d:
+        acc = "" if d["accepted_accuracy"] is None else f", {d['accepted_accuracy']:.1%} of them correct"
+        lines.append(f"decisions ({d['policy']}): {d['accepted_share']:.1%} accepted{acc}; {d['review_share']:.1%} "
+                     f"review; {d['possible-blast_share']:.1%} possible blast")
+        if "blast_catch" in d:
+            lines.append(f"blasts predicted BLA or flagged: {d['blast_catch']:.1%} of {d['blasts']} "
+                         f"({d['blasts_missed_unflagged']} missed without a flag)")
     if "unusual_share" in m:
         lines.append(f"domain check: {m['unusual_share']:.1%} of the images look unlike the training images")
     if m.get("overlap_with_training"):
@@ -125,7 +134,13 @@ def evaluate(predictor: Predictor, data: str | Path, split: str = "test", out_di
 def _report(predictor: Predictor, data, split: str, kept: list, unreadable: list[Unreadable]) -> dict:
     index = {c: i for i, c in enumerate(predictor.classes)}
     probs = np.stack([r.probs for _, r in kept])
-    m = compute_metrics(probs, np.array([index[s.label] for s, _ in kept]), predictor.classes)
+    y = np.array([index[s.label] for s, _ in kept])
+    m = compute_metrics(probs, y, predictor.classes)
+    # the review policy on these cells: accepted share and accuracy, blasts caught
+    policy = predictor.policy
+    decisions = policy.decide(probs, predictor.classes)
+    m["decisions"] = {**decision_metrics(decisions, probs, y, predictor.classes), "policy": policy.describe()}
+    m["decision_per_image"] = [str(d) for d in decisions]
     trained = _training_hashes(predictor.model_dir)
     m["overlap_with_training"] = sum(1 for s, _ in kept if (s.sha256 or sha256_of(s.path)) in trained)
     settings = f"{predictor.backend}, TTA {'on' if predictor.tta else 'off'}, temperature {predictor.temperature:g}"
@@ -153,14 +168,15 @@ def _write(m: dict, kept: list, classes: Sequence[str], out: Path) -> None:
     from marrowscope.plots import plot_confusion, plot_reliability
 
     out.mkdir(parents=True, exist_ok=True)
+    decisions = m.pop("decision_per_image")
     (out / "metrics.json").write_text(json.dumps(m, indent=2))
     # paths relative to the data's root: the report reads the same on every machine
     above = m.get("domain_threshold")
     write_csv(out / "predictions.csv",
-              ["path", "label", "predicted", "confidence", *classes, "domain_score", "unusual", "scale"],
-              ([s.rel or s.path.name, s.label, classes[int(r.probs.argmax())], f"{r.probs.max():.4f}",
+              ["path", "label", "predicted", "confidence", "decision", *classes, "domain_score", "unusual", "scale"],
+              ([s.rel or s.path.name, s.label, classes[int(r.probs.argmax())], f"{r.probs.max():.4f}", d,
                 *(f"{p:.4f}" for p in r.probs), *_domain_cells(r.domain_score, above), str(r.scale or "")]
-               for s, r in kept))
+               for (s, r), d in zip(kept, decisions)))
     title = f"{m['split']} split, {len(kept)} images"
     plot_confusion(np.array(m["confusion_matrix"]), classes, out / "confusion_matrix.png", title)
     plot_reliability(m["reliability_bins"], m["ece"], out / "reliability.png", title)

@@ -17,12 +17,18 @@ class CellClassifier(L.LightningModule):
 
     Logs per epoch ``{train,val}_{loss,acc,f1}`` (accuracy over images, macro-F1 over classes)
     and ``lr``; the checkpoint callback picks the best epoch by ``val_f1``.
+
+    ``distill`` w: batches carry a teacher's probabilities as a third item, and the loss is
+    (1 - w) * cross-entropy + w * soft-target cross-entropy. ``device_augment``: batches arrive as
+    uint8 fields and are augmented (training) or resized (validation) on the device, after transfer.
     """
 
     def __init__(self, net: nn.Module, num_classes: int, lr: float = 1e-3, weight_decay: float = 0.05,
-                 label_smoothing: float = 0.1, mixup: float = 0.0, channels_last: bool = True):
+                 label_smoothing: float = 0.1, mixup: float = 0.0, channels_last: bool = True,
+                 distill: float = 0.0, device_augment=None):
         super().__init__()
-        self.save_hyperparameters(ignore=["net"])
+        self.save_hyperparameters(ignore=["net", "device_augment"])  # a checkpoint holds data, not objects
+        self.device_augment = device_augment
         self.net = net.to(memory_format=torch.channels_last) if channels_last else net
         self.channels_last = channels_last
         # "train" would clash with nn.Module.train, hence the "_stage" suffix
@@ -45,9 +51,22 @@ class CellClassifier(L.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)
 
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if self.device_augment is None:
+            return batch
+        x, *rest = batch
+        with torch.no_grad():
+            x = self.device_augment(x) if self.trainer.training else self.device_augment.plain(x)
+        return (x, *rest)
+
     def _step(self, batch, stage: str) -> torch.Tensor:
-        x, y = batch
-        if stage == "train" and self.mixup is not None and len(x) % 2 == 0:
+        x, y, *soft = batch
+        w = self.hparams.distill
+        if stage == "train" and soft and w > 0:
+            logits = self(x)
+            hard = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
+            loss = (1 - w) * hard + w * self.soft_loss(logits, soft[0])
+        elif stage == "train" and self.mixup is not None and len(x) % 2 == 0:
             x, soft = self.mixup(x, y)
             logits = self(x)
             loss = self.soft_loss(logits, soft)

@@ -27,6 +27,7 @@ from marrowscope.domain import DomainCheck
 from marrowscope.errors import ImageDecodeError, MarrowscopeError, Unreadable
 from marrowscope.images import ImageSource, decode_image, is_image_path
 from marrowscope.model import WithFeatures
+from marrowscope.policy import Policy
 from marrowscope.scale import Scale
 from marrowscope.transforms import Preprocess
 
@@ -93,10 +94,11 @@ class Predictor:
 
     ``tta`` averages over flips and 90-degree turns (4x the compute); by default the model
     folder's own setting decides, and the temperature fitted for that setting is applied.
+    ``device`` places the PyTorch backend's network (default: CPU).
     """
 
     def __init__(self, model_dir: Optional[str | Path] = None, backend: str = "auto", threads: Optional[int] = None,
-                 tta: Optional[bool] = None, pixel_size: Optional[float] = None):
+                 tta: Optional[bool] = None, pixel_size: Optional[float] = None, device: Optional[str] = None):
         if backend not in BACKENDS:
             raise MarrowscopeError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}.")
         self.model_dir = resolve_model_dir(model_dir)
@@ -106,6 +108,8 @@ class Predictor:
         self.tta = self.info.tta if tta is None else tta
         # fitted on validation images by `marrowscope calibrate`; 1.0 = the network's own softmax
         self.temperature = self.info.temperature(self.tta)
+        # which cells are accepted, reviewed or flagged as possible blasts (fitted with the temperature)
+        self.policy = Policy.from_settings(self.info.policy(self.tta))
         self.backend = self._choose_backend(backend)
         if threads:
             torch.set_num_threads(threads)
@@ -121,6 +125,8 @@ class Predictor:
             self.input_name = self.session.get_inputs()[0].name
         else:
             self.net = WithFeatures(load_model_folder(self.model_dir)[0]).to(memory_format=torch.channels_last)
+            if device:  # PyTorch backend only: e.g. "cuda" for cross-validation predictions on a GPU
+                self.net = self.net.to(device)
         self.domain = DomainCheck.load(self.model_dir)
         # ONNX files exported before the domain check give logits only: the check is off with them
         has_features = self.session is None or len(self.session.get_outputs()) > 1
@@ -217,6 +223,10 @@ class Predictor:
         logits, _, scores = self.forward(loaded[0][None])
         return Prediction(_name(src, 0), probs_from_logits(logits, self.temperature)[0], loaded[1],
                           None if scores is None else float(scores[0]))
+
+    def decide(self, probs: np.ndarray) -> str:
+        """One cell's decision: accepted, review or possible-blast (:mod:`marrowscope.policy`)."""
+        return str(self.policy.decide(probs, self.classes)[0])
 
     def is_unusual(self, prediction: Prediction) -> bool:
         """Whether the domain check finds the image unlike the training images."""

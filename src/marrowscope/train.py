@@ -94,7 +94,10 @@ def history_rows(metrics_csvs: list[Path]) -> list[dict]:
                 if r.get("epoch"):
                     by_epoch.setdefault(int(float(r["epoch"])) + 1, {}).update(
                         {k: round(float(v), 5) for k, v in r.items() if k in HISTORY_FIELDS[1:] and v != ""})
-    return [{"epoch": e, **row} for e, row in sorted(by_epoch.items()) if set(HISTORY_FIELDS[1:]) <= set(row)]
+    # a run without validation images has no val_* columns: they stay empty (NaN)
+    need = {f for f in HISTORY_FIELDS[1:] if not f.startswith("val_")}
+    return [{"epoch": e, **{f: float("nan") for f in HISTORY_FIELDS[1:]}, **row}
+            for e, row in sorted(by_epoch.items()) if need <= set(row)]
 
 
 RUNTIME_FIELDS = ("out", "accelerator", "devices", "num_nodes", "workers", "max_time", "precision", "data_root")
@@ -115,13 +118,18 @@ def fit(cfg: TrainConfig) -> Path:
     net = create_network(cfg.model, len(cfg.classes), pretrained=cfg.pretrained, init_weights=cfg.init_weights,
                          drop_rate=cfg.drop_rate)
     data_config = data_config_for(net, cfg.img_size)
-    train_ds, val_ds = _datasets(cfg, samples, data_config)
+    device_augment = _device_augment(cfg, data_config)
+    train_ds, val_ds = _datasets(cfg, samples, data_config, device_augment is not None)
     module = CellClassifier(net, len(cfg.classes), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                            label_smoothing=cfg.label_smoothing, mixup=cfg.mixup)
-    best_cb = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="val_f1", mode="max",
-                              save_last=True, save_top_k=1, enable_version_counter=False)
-    trainer = _trainer(cfg, [best_cb, EarlyStopping("val_f1", mode="max", patience=cfg.patience),
-                             EpochLog(out / "history.csv", len(train_ds))])
+                            label_smoothing=cfg.label_smoothing, mixup=cfg.mixup,
+                            distill=cfg.distill_weight if cfg.distill else 0.0, device_augment=device_augment)
+    has_val = len(val_ds) > 0
+    # without validation images (or with keep="last") no epoch is chosen: the last one is kept
+    best_cb = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", save_last=True, save_top_k=1,
+                              enable_version_counter=False,
+                              **({"monitor": "val_f1", "mode": "max"} if has_val and cfg.keep == "best" else {}))
+    stop = [EarlyStopping("val_f1", mode="max", patience=cfg.patience)] if has_val and cfg.keep == "best" else []
+    trainer = _trainer(cfg, [best_cb, *stop, EpochLog(out / "history.csv", len(train_ds))], has_val)
     if trainer.is_global_zero and not cfg.resume:
         # the saved config names the data relative to the run folder, never by a machine's absolute path
         replace(cfg, data=os.path.relpath(Path(cfg.data).resolve(), out.resolve()), out=".").save(
@@ -130,7 +138,7 @@ def fit(cfg: TrainConfig) -> Path:
     workers = cfg.workers if cfg.devices * cfg.num_nodes == 1 else min(cfg.workers, 2)
     # weights_only: a checkpoint is data, and loading it must not run code
     trainer.fit(module, make_loader(train_ds, cfg.batch_size, workers, True),
-                make_loader(val_ds, cfg.batch_size * 2, workers, False),
+                make_loader(val_ds, cfg.batch_size * 2, workers, False) if has_val else None,
                 ckpt_path=str(out / "checkpoints" / "last.ckpt") if cfg.resume else None, weights_only=True)
     if not trainer.is_global_zero:
         return out / "model"
@@ -175,24 +183,58 @@ def _fit_checks(model_dir: Path, samples: list, manifest: Path, data_root) -> No
 
 
 def _samples(cfg: TrainConfig) -> list:
-    """The run's samples, refusing a class without training or validation images."""
+    """The run's samples, refusing a class without training images, or without validation images
+    when the best epoch is to be chosen on them (``keep="best"``)."""
     samples, skipped = load_samples(cfg.data, cfg.classes, val=cfg.val, test=cfg.test, seed=cfg.seed,
                                     data_root=cfg.data_root)
     if skipped:
         print(format_skipped(skipped), file=sys.stderr)
     table = count_table(samples, cfg.classes)
-    empty = [c for c, row in table.items() if row["train"] == 0 or row["val"] == 0]
+    need_val = cfg.keep == "best"
+    empty = [c for c, row in table.items() if row["train"] == 0 or (need_val and row["val"] == 0)]
     if empty:
         raise MarrowscopeError(f"class(es) {', '.join(empty)} have no training or no validation images; "
-                               f"each of {list(cfg.classes)} needs both.")
+                               f"each of {list(cfg.classes)} needs both (or pass --keep last, which chooses "
+                               "no epoch on validation images).")
     print(format_table(table), file=sys.stderr)
     return samples
 
 
-def _datasets(cfg: TrainConfig, samples: list, data_config: dict) -> list[CellDataset]:
-    """The training (augmented) and validation datasets."""
+def _on_gpu(cfg: TrainConfig) -> bool:
+    return cfg.accelerator in ("gpu", "cuda") or (cfg.accelerator == "auto" and torch.cuda.is_available())
+
+
+def _device_augment(cfg: TrainConfig, data_config: dict):
+    """The batched ``lab`` recipe when it is to run on the device (a GPU by default), else None."""
+    from marrowscope.augment_batch import BatchLabAugment
+
+    if cfg.augment_on not in ("auto", "cpu", "device"):
+        raise MarrowscopeError(f"--augment-on must be auto, cpu or device, not '{cfg.augment_on}'.")
+    on_device = cfg.augment_on == "device" or (cfg.augment_on == "auto" and _on_gpu(cfg))
+    if not on_device:
+        return None
+    if cfg.augment != "lab" and cfg.augment_on == "device":
+        raise MarrowscopeError("augmentation on the device implements the 'lab' recipe; pass --augment lab "
+                               "(or --augment-on cpu).")
+    if cfg.augment != "lab":  # the light recipe stays on the CPU, where it is cheap
+        return None
+    return BatchLabAugment(cfg.img_size, data_config["mean"], data_config["std"])
+
+
+# Fields are kept at bone-marrow-7's native 250 px (or the input size, when larger) for device augmentation.
+FIELD_PX = 250
+
+
+def _datasets(cfg: TrainConfig, samples: list, data_config: dict, raw: bool = False) -> list[CellDataset]:
+    """The training (augmented, with soft targets when distilling) and validation datasets; with
+    ``raw`` both hold uint8 fields, augmented later on the device."""
+    from marrowscope.data import read_soft_targets
+
+    soft = read_soft_targets(cfg.distill, cfg.classes) if cfg.distill else None
     transforms = {"train": train_transform(data_config, cfg.augment), "val": eval_transform(data_config)}
-    datasets = [CellDataset([s for s in samples if s.split == sp], cfg.classes, t, workers=cfg.workers)
+    size = max(FIELD_PX, cfg.img_size) if raw else None
+    datasets = [CellDataset([s for s in samples if s.split == sp], cfg.classes, t, workers=cfg.workers,
+                            raw_size=size, soft=soft if sp == "train" else None)
                 for sp, t in transforms.items()]
     for ds in datasets:
         if ds.skipped:
@@ -200,10 +242,11 @@ def _datasets(cfg: TrainConfig, samples: list, data_config: dict) -> list[CellDa
     return datasets
 
 
-def _trainer(cfg: TrainConfig, callbacks: list) -> L.Trainer:
-    on_gpu = cfg.accelerator in ("gpu", "cuda") or (cfg.accelerator == "auto" and torch.cuda.is_available())
+def _trainer(cfg: TrainConfig, callbacks: list, has_val: bool = True) -> L.Trainer:
+    on_gpu = _on_gpu(cfg)
     return L.Trainer(
-        max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes,
+        max_epochs=cfg.epochs, max_steps=cfg.max_steps, limit_val_batches=1.0 if has_val else 0,
+        accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes,
         strategy="ddp" if cfg.devices * cfg.num_nodes > 1 else "auto",
         precision=cfg.precision or ("bf16-mixed" if on_gpu else "32-true"),
         deterministic=not on_gpu, max_time=cfg.max_time, num_sanity_val_steps=0,
@@ -218,7 +261,7 @@ def _save_best(cfg: TrainConfig, net, best_cb: ModelCheckpoint, data_config: dic
     from marrowscope.plots import plot_history
 
     out = Path(cfg.out)
-    best = best_cb.best_model_path or str(out / "checkpoints" / "last.ckpt")
+    best = (cfg.keep == "best" and best_cb.best_model_path) or str(out / "checkpoints" / "last.ckpt")
     state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
     net.load_state_dict({k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")})
     net = net.to(memory_format=torch.contiguous_format).float()
@@ -227,7 +270,9 @@ def _save_best(cfg: TrainConfig, net, best_cb: ModelCheckpoint, data_config: dic
     extra = {"trained_on": Path(cfg.data).name, "best_val_f1": None if score is None else round(float(score), 4),
              "train_images": n_train, "val_images": n_val, "tta": False,
              "recipe": {k: getattr(cfg, k) for k in ("model", "img_size", "epochs", "batch_size", "lr", "weight_decay",
-                                                      "label_smoothing", "mixup", "augment", "pretrained", "seed")},
+                                                      "label_smoothing", "mixup", "augment", "pretrained", "seed",
+                                                      "keep", "distill_weight")},
+             "distilled_from": Path(cfg.distill).name if cfg.distill else None,
              "init_weights": Path(cfg.init_weights).name if cfg.init_weights else None}
     files = {n: out / n for n in ("history.csv", "curves.png", "config_train.json") if (out / n).exists()}
     # the model folder's own manifest, its paths relative to the model folder
@@ -235,7 +280,9 @@ def _save_best(cfg: TrainConfig, net, best_cb: ModelCheckpoint, data_config: dic
     model_dir = save_model_folder(net, out / "model", cfg.classes, data_config, extra=extra, half=cfg.half,
                                   files=files)
     files["manifest.csv"].unlink()
-    _fit_checks(model_dir, samples, out / "manifest.csv", cfg.data_root)
-    print(f"best epoch val macro-F1 {extra['best_val_f1']} (validation split, {n_val} images); "
-          f"model folder: {model_dir}", file=sys.stderr)
+    if cfg.checks:
+        _fit_checks(model_dir, samples, out / "manifest.csv", cfg.data_root)
+    chosen = (f"best epoch val macro-F1 {extra['best_val_f1']} (validation split, {n_val} images)"
+              if cfg.keep == "best" and n_val else "last epoch kept (no epoch chosen on validation images)")
+    print(f"{chosen}; model folder: {model_dir}", file=sys.stderr)
     return model_dir

@@ -1,0 +1,127 @@
+"""The review policy: which cells a person must look at, fitted on predictions of images the model
+did not learn from (out-of-fold predictions of ``marrowscope cv``, or a validation split), never on test.
+
+Each cell gets a ``decision``:
+
+- ``possible-blast``: not predicted a blast, but P(BLA) is at least ``blast_threshold``. A missed blast
+  is the costliest error (the blast percentage decides acute leukaemia), so the threshold is the split-
+  conformal lower bound of the blast score s = 1 if predicted BLA else P(BLA) over the calibration
+  blasts: with k = floor((1 - catch) (n + 1)), t = the k-th smallest score, a new blast scores below t
+  with probability at most k / (n + 1) <= 1 - catch (Vovk et al., 2005), so at least ``catch`` of
+  blasts are predicted BLA or flagged.
+- ``accepted``: the top probability is at least ``accept_threshold`` (and the cell is not a possible
+  blast). The threshold comes from Learn then Test (Angelopoulos et al., 2021): for each threshold of a
+  fixed grid a binomial test rejects "the accepted cells are less than ``accuracy`` correct"; with
+  Bonferroni over the grid the lowest rejected threshold keeps the accepted cells' accuracy at or above
+  the target with probability at least 1 - delta over the calibration set.
+- ``review``: everything else.
+
+A model folder without a fitted policy accepts cells whose top probability reaches REVIEW_BELOW and
+flags no possible blasts (the rule of marrowscope 0.1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+
+from marrowscope.config import REVIEW_BELOW
+
+DECISIONS = ("accepted", "review", "possible-blast")
+BLAST = "BLA"
+# accept thresholds tried, fixed before seeing data: coarse, because Bonferroni divides delta among them
+GRID = np.array([*np.round(np.arange(0.30, 0.951, 0.05), 2), 0.97, 0.98, 0.99])
+
+
+@dataclass
+class Policy:
+    accept_threshold: float = REVIEW_BELOW  # > 1: nothing is accepted
+    blast_threshold: Optional[float] = None
+    fitted: bool = False
+
+    @classmethod
+    def from_settings(cls, settings: Optional[dict], review_below: float = REVIEW_BELOW) -> "Policy":
+        if not settings:
+            return cls(review_below)
+        return cls(float(settings["accept_threshold"]), settings.get("blast_threshold"), True)
+
+    def decide(self, probs: np.ndarray, classes: Sequence[str]) -> np.ndarray:
+        """[N, C] (or [C]) probabilities -> the decision of each cell (array of str)."""
+        probs = np.atleast_2d(probs)
+        top, pred = probs.max(axis=1), probs.argmax(axis=1)
+        out = np.where(top >= self.accept_threshold, "accepted", "review").astype(object)
+        if self.blast_threshold is not None and BLAST in classes:
+            b = list(classes).index(BLAST)
+            out[(pred != b) & (probs[:, b] >= self.blast_threshold)] = "possible-blast"
+        return out
+
+    def describe(self) -> str:
+        if not self.fitted:
+            return f"cells with a top probability below {self.accept_threshold:.2f} are marked for review"
+        blast = "" if self.blast_threshold is None else \
+            f"; not predicted a blast but P(BLA) >= {self.blast_threshold:.3f}: possible blast"
+        accept = "nothing is accepted" if self.accept_threshold > 1 else \
+            f"top probability >= {self.accept_threshold:.3f}: accepted"
+        return f"{accept}{blast}; the rest: review"
+
+
+def blast_threshold(probs: np.ndarray, y: np.ndarray, b: int, catch: float) -> Optional[float]:
+    """The split-conformal threshold on P(BLA) that catches at least ``catch`` of blasts."""
+    pred = probs.argmax(axis=1)
+    blasts = y == b
+    if not blasts.any():
+        return None
+    scores = np.sort(np.where(pred[blasts] == b, 1.0, probs[blasts, b]))
+    k = int(np.floor((1 - catch) * (len(scores) + 1)))
+    return 0.0 if k < 1 else float(scores[k - 1])
+
+
+def accept_threshold(correct: np.ndarray, top: np.ndarray, eligible: np.ndarray, accuracy: float,
+                     delta: float) -> float:
+    """The lowest grid threshold whose accepted cells pass the binomial test (Bonferroni over the grid);
+    1.01 (accept nothing) when none does."""
+    from scipy.stats import binom
+
+    level = delta / len(GRID)
+    passing = []
+    for t in GRID:
+        acc = eligible & (top >= t)
+        n, errors = int(acc.sum()), int((acc & ~correct).sum())
+        # p-value of "error rate >= 1 - accuracy": seeing this few errors among n cells
+        if n and binom.cdf(errors, n, 1 - accuracy) <= level:
+            passing.append(float(t))
+    return min(passing) if passing else 1.01
+
+
+def fit_policy(probs: np.ndarray, y: np.ndarray, classes: Sequence[str], catch: float = 0.97,
+               accuracy: float = 0.97, delta: float = 0.1) -> dict:
+    """Fit both thresholds on calibrated probabilities of held-out cells; returns the settings for the
+    model folder, with what they give on these cells."""
+    b = list(classes).index(BLAST) if BLAST in classes else None
+    tb = blast_threshold(probs, y, b, catch) if b is not None else None
+    policy = Policy(1.01, tb, True)
+    eligible = policy.decide(probs, classes) != "possible-blast"
+    correct = probs.argmax(axis=1) == y
+    policy.accept_threshold = accept_threshold(correct, probs.max(axis=1), eligible, accuracy, delta)
+    return {"accept_threshold": policy.accept_threshold, "blast_threshold": tb,
+            "targets": {"blast_catch": catch, "accepted_accuracy": accuracy, "delta": delta},
+            "on_calibration_cells": decision_metrics(policy.decide(probs, classes), probs, y, classes)}
+
+
+def decision_metrics(decisions: np.ndarray, probs: np.ndarray, y: np.ndarray, classes: Sequence[str]) -> dict:
+    """Accepted share and accuracy, blast catch rate (predicted BLA or flagged), share of each decision."""
+    correct = probs.argmax(axis=1) == y
+    acc = decisions == "accepted"
+    out = {"cells": int(len(y)), "accepted_share": round(float(acc.mean()), 4),
+           "accepted_accuracy": round(float(correct[acc].mean()), 4) if acc.any() else None,
+           **{f"{d}_share": round(float((decisions == d).mean()), 4) for d in DECISIONS[1:]}}
+    if BLAST in classes and (y == list(classes).index(BLAST)).any():
+        b = list(classes).index(BLAST)
+        blasts = y == b
+        caught = (probs.argmax(axis=1)[blasts] == b) | (decisions[blasts] == "possible-blast")
+        out["blasts"] = int(blasts.sum())
+        out["blast_catch"] = round(float(caught.mean()), 4)
+        out["blasts_missed_unflagged"] = int((~caught).sum())
+    return out
