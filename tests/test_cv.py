@@ -66,6 +66,7 @@ def test_cv_then_distilled_final_model(tmp_path, tiny_run):
     info = json.loads((tmp_path / "final" / "model" / "config.json").read_text())["marrowscope"]
     assert info["train_images"] == len(pool) and info["val_images"] == 0 and info["distilled_from"] == "oof.csv"
     assert "domain" in info  # the domain check is fitted without a validation split too
+    assert str(tmp_path) not in (tmp_path / "final" / "config_train.json").read_text()  # distill path relative
 
 
 def test_distillation_loss_mixes_labels_and_soft_targets():

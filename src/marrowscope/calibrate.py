@@ -43,9 +43,9 @@ def fit_settings(views: np.ndarray, y: np.ndarray, classes, catch: float = 0.97,
     before and after, and the review policy fitted on the calibrated probabilities."""
     fitted = {}
     for key, v in (("tta", views), ("no_tta", views[:1])):
-        t = fit_temperature(v, y)
+        t = round(fit_temperature(v, y), 4)  # as stored: the policy is fitted on exactly these probabilities
         probs = probs_from_logits(v, t)
-        fitted[key] = {"temperature": round(t, 4), "ece_before": expected_calibration_error(probs_from_logits(v), y),
+        fitted[key] = {"temperature": t, "ece_before": expected_calibration_error(probs_from_logits(v), y),
                        "ece_after": expected_calibration_error(probs, y),
                        "policy": fit_policy(probs, y, classes, catch, accuracy, delta)}
     return fitted

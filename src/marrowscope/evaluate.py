@@ -81,8 +81,9 @@ def format_report(m: dict, classes: Sequence[str]) -> str:
         lines.append(f"decisions ({d['policy']}): {d['accepted_share']:.1%} accepted{acc}; {d['review_share']:.1%} "
                      f"review; {d['possible-blast_share']:.1%} possible blast")
         if "blast_catch" in d:
-            lines.append(f"blasts predicted BLA or flagged: {d['blast_catch']:.1%} of {d['blasts']} "
-                         f"({d['blasts_missed_unflagged']} missed without a flag)")
+            lines.append(f"blasts predicted BLA or flagged possible-blast: {d['blast_catch']:.1%} of {d['blasts']} "
+                         f"({d['blasts_missed_unflagged']} not; of these, {d['blasts_accepted_as_other']} accepted as "
+                         "another cell type, the rest sent to review)")
     if "unusual_share" in m:
         lines.append(f"domain check: {m['unusual_share']:.1%} of the images look unlike the training images")
     if m.get("overlap_with_training"):

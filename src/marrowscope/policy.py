@@ -124,4 +124,6 @@ def decision_metrics(decisions: np.ndarray, probs: np.ndarray, y: np.ndarray, cl
         out["blasts"] = int(blasts.sum())
         out["blast_catch"] = round(float(caught.mean()), 4)
         out["blasts_missed_unflagged"] = int((~caught).sum())
+        # the worst case: a blast called something else and accepted, so no person looks at it
+        out["blasts_accepted_as_other"] = int((~caught & (decisions[blasts] == "accepted")).sum())
     return out

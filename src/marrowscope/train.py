@@ -132,8 +132,8 @@ def fit(cfg: TrainConfig) -> Path:
     trainer = _trainer(cfg, [best_cb, *stop, EpochLog(out / "history.csv", len(train_ds))], has_val)
     if trainer.is_global_zero and not cfg.resume:
         # the saved config names the data relative to the run folder, never by a machine's absolute path
-        replace(cfg, data=os.path.relpath(Path(cfg.data).resolve(), out.resolve()), out=".").save(
-            out / "config_train.json")
+        replace(cfg, data=_relative(cfg.data, out), distill=_relative(cfg.distill, out),
+                data_root=_relative(cfg.data_root, out), out=".").save(out / "config_train.json")
         write_manifest(samples, out / "manifest.csv")
     workers = cfg.workers if cfg.devices * cfg.num_nodes == 1 else min(cfg.workers, 2)
     # weights_only: a checkpoint is data, and loading it must not run code
@@ -143,6 +143,11 @@ def fit(cfg: TrainConfig) -> Path:
     if not trainer.is_global_zero:
         return out / "model"
     return _save_best(cfg, net, best_cb, data_config, samples, len(train_ds), len(val_ds))
+
+
+def _relative(path, out: Path):
+    """A path as the run folder's config records it: relative to the run folder (None stays None)."""
+    return None if path is None else os.path.relpath(Path(path).resolve(), out.resolve())
 
 
 def _resolve(cfg: TrainConfig) -> TrainConfig:
@@ -161,6 +166,7 @@ def _resolve(cfg: TrainConfig) -> TrainConfig:
         for name in RUNTIME_FIELDS:
             setattr(saved, name, getattr(cfg, name))
         saved.data = str(out / saved.data)  # saved relative to the run folder
+        saved.distill = saved.distill and str(out / saved.distill)
         saved.resume = True
         print(f"resuming '{out}' with its saved config ({saved.model}, {saved.epochs} epochs)", file=sys.stderr)
         return saved
