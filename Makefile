@@ -2,7 +2,7 @@
 PY ?= python3
 VENV := .venv
 PIP := $(VENV)/bin/pip
-EXTRAS := app,onnx,lite,test
+EXTRAS := app,onnx,lite,scale,test
 
 .PHONY: setup app test test-fast browser
 $(VENV)/.installed: pyproject.toml

@@ -26,7 +26,7 @@ def synthetic_cell(label_index: int, seed: int, size: int = 48) -> Image.Image:
     cy, cx = size / 2 + rng.uniform(-3, 3, 2)
     disc = (yy - cy) ** 2 + (xx - cx) ** 2 < r ** 2
     img = np.full((size, size, 3), 235, np.float64)
-    img[disc] = COLOURS[label_index]
+    img[disc] = COLOURS[label_index % len(COLOURS)]  # more than 7 classes: told apart by size too
     img += rng.normal(0, 8, img.shape)
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
 

@@ -67,3 +67,17 @@ def test_predict_and_evaluate_over_two_ddp_ranks_match_one_process(tiny_run, tmp
     m2 = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     m1 = evaluate(Predictor(tiny_run / "model", backend="torch"), tiny_run / "manifest.csv", "val")
     assert m2["images"] == m1["images"] and m2["confusion_matrix"] == m1["confusion_matrix"]
+
+
+@pytest.mark.slow
+def test_ddp_ranks_read_disjoint_shares_of_a_set_decoded_per_item(tmp_path):
+    import json
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "bench" / "ddp_shares.py"
+    res = subprocess.run([sys.executable, str(bench), "--work", str(tmp_path)], capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    shares = json.loads((tmp_path / "shares.json").read_text())
+    assert shares["overlap"] == [] and shares["covers_training_split"]
+    assert shares["rank0"] == shares["rank1"] == shares["training_images"] // 2

@@ -30,6 +30,9 @@ def _add_prepare(sub) -> None:
     s.add_argument("--val", type=float, default=VAL_FRACTION)
     s.add_argument("--test", type=float, default=TEST_FRACTION)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--shards", default=None, help="also pack the images into LitData shards in this folder "
+                   "(one per split); `train DIR` streams them")
+    s.add_argument("--workers", type=int, default=1, help="processes packing the shards")
     s.set_defaults(func=cmd_prepare)
 
 
@@ -44,6 +47,11 @@ def cmd_prepare(a) -> None:
     print(format_table(count_table(samples, a.classes)))
     print(f"{len(samples)} images, {duplicate_groups(samples)} in byte-identical groups (kept in one split); "
           f"manifest: {a.out}")
+    if a.shards:
+        from marrowscope.shards import write_shards
+
+        meta = write_shards(samples, a.classes, a.shards, a.workers)
+        print(f"shards: {a.shards} ({meta['images']})")
 
 
 def _add_stats(sub) -> None:

@@ -10,6 +10,8 @@ validation images (never trained on), so about 1% of images like the training se
 
 from __future__ import annotations
 
+import random
+
 from pathlib import Path
 from typing import Optional
 
@@ -69,9 +71,10 @@ def fit_for_model(model_dir: Path, data: Path, data_root: Optional[str] = None) 
     predictor = Predictor(model_dir, backend="torch", tta=False)
     predictor.domain = None  # statistics being replaced are not used to compute their replacement
     samples, _ = load_samples(data, None, data_root=data_root)
-    feats = {}
-    for split in ("train", "val"):
+    feats, rng = {}, random.Random(0)
+    for split, most in (("train", 3000), ("val", 1000)):  # a seeded sample bounds the time on large sets
         paths = [s.path for s in samples if s.split == split]
+        paths = rng.sample(paths, min(len(paths), most))
         found = [r.features for r in predictor.stream_logits(paths) if not isinstance(r, Unreadable)]
         feats[split] = np.stack(found) if found else None
     if feats["val"] is None:  # a model trained on every image (keep "last"): every 7th sets the threshold

@@ -52,7 +52,7 @@ class CellClassifier(L.LightningModule):
         return self.net(x)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        if self.device_augment is None:
+        if self.device_augment is None or batch is None:
             return batch
         x, *rest = batch
         with torch.no_grad():
@@ -60,6 +60,8 @@ class CellClassifier(L.LightningModule):
         return (x, *rest)
 
     def _step(self, batch, stage: str) -> torch.Tensor:
+        if batch is None:  # no image of this streamed batch could be read: skip the step
+            return None
         x, y, *soft = batch
         w = self.hparams.distill
         if stage == "train" and soft and w > 0:

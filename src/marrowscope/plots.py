@@ -59,8 +59,15 @@ def plot_history(history_csv: str | Path, out: str | Path) -> Path:
     return _save(history_figure(history_csv), out)
 
 
+def _colours(n: int) -> list:
+    """n distinct colours: tab10 or tab20 where they suffice, else evenly spaced hues (any class list)."""
+    if n <= 20:
+        return list(colormaps["tab10" if n <= 10 else "tab20"].colors[:n])
+    return [colormaps["hsv"](k / n) for k in range(n)]
+
+
 def _bars(ax, counts: dict[str, int], title: str) -> None:
-    ax.bar_label(ax.bar(list(counts), list(counts.values()), color=colormaps["tab10"].colors[: len(counts)]))
+    ax.bar_label(ax.bar(list(counts), list(counts.values()), color=_colours(len(counts))))
     ax.set_ylabel("images")
     ax.set_title(title)
 
@@ -68,7 +75,7 @@ def _bars(ax, counts: dict[str, int], title: str) -> None:
 def _pie(ax, counts: dict[str, int], title: str) -> None:
     if sum(counts.values()) > 0:
         ax.pie(list(counts.values()), labels=list(counts), autopct="%1.1f%%",
-               colors=colormaps["tab10"].colors[: len(counts)])
+               colors=_colours(len(counts)))
     ax.set_title(title)
 
 

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import csv
 import os
+import random
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Optional
 
 import lightning as L
 import torch
@@ -34,6 +36,7 @@ from marrowscope.data import CellDataset, count_table, format_skipped, format_ta
 from marrowscope.manifest import write_manifest
 from marrowscope.errors import MarrowscopeError
 from marrowscope.model import create_network
+from marrowscope.shards import is_shards, read_meta, shard_dataset, shard_loader
 from marrowscope.module import CellClassifier
 from marrowscope.transforms import data_config_for, eval_transform, train_transform
 
@@ -49,16 +52,19 @@ class EpochLog(Callback):
     published when the next one starts, and the last at the end of training.
     """
 
-    def __init__(self, path: Path, n_train: int):
-        self.path, self.n_train, self._t0, self._printed = path, n_train, 0.0, 0
+    def __init__(self, path: Path):
+        self.path, self._t0, self._seen, self._printed = path, 0.0, 0, 0
 
     def on_train_epoch_start(self, trainer, pl_module):
         self._publish(trainer)
-        self._t0 = time.perf_counter()
+        self._t0, self._seen = time.perf_counter(), 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self._seen += len(batch[0])  # images of this rank (a run cut by --max-steps ends mid-epoch)
 
     def on_train_epoch_end(self, trainer, pl_module):
         secs = time.perf_counter() - self._t0
-        pl_module.log_dict({"seconds": secs, "images_per_s": self.n_train / secs,
+        pl_module.log_dict({"seconds": secs, "images_per_s": self._seen * trainer.world_size / secs,
                             "lr": trainer.optimizers[0].param_groups[0]["lr"]}, sync_dist=True)
 
     def on_train_end(self, trainer, pl_module):
@@ -124,22 +130,28 @@ def fit(cfg: TrainConfig) -> Path:
                             label_smoothing=cfg.label_smoothing, mixup=cfg.mixup,
                             distill=cfg.distill_weight if cfg.distill else 0.0, device_augment=device_augment)
     has_val = len(val_ds) > 0
-    # without validation images (or with keep="last") no epoch is chosen: the last one is kept
+    choose = has_val and cfg.keep == "best"  # else no epoch is chosen: the last one is kept
     best_cb = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", save_last=True, save_top_k=1,
-                              enable_version_counter=False,
-                              **({"monitor": "val_f1", "mode": "max"} if has_val and cfg.keep == "best" else {}))
-    stop = [EarlyStopping("val_f1", mode="max", patience=cfg.patience)] if has_val and cfg.keep == "best" else []
-    trainer = _trainer(cfg, [best_cb, *stop, EpochLog(out / "history.csv", len(train_ds))], has_val)
+                              enable_version_counter=False, **({"monitor": "val_f1", "mode": "max"} if choose else {}))
+    # strict=False: a run cut by --max-steps inside an epoch ends before any validation
+    stop = [EarlyStopping("val_f1", mode="max", patience=cfg.patience, strict=False)] if choose else []
+    trainer = _trainer(cfg, [best_cb, *stop, EpochLog(out / "history.csv")], has_val)
     if trainer.is_global_zero and not cfg.resume:
         # the saved config names the data relative to the run folder, never by a machine's absolute path
         replace(cfg, data=_relative(cfg.data, out), distill=_relative(cfg.distill, out),
                 data_root=_relative(cfg.data_root, out), out=".").save(out / "config_train.json")
-        write_manifest(samples, out / "manifest.csv")
+        if samples is not None:  # shards: their own marrowscope_shards.json says what they hold
+            write_manifest(samples, out / "manifest.csv")
     workers = cfg.workers if cfg.devices * cfg.num_nodes == 1 else min(cfg.workers, 2)
+    loader = make_loader if samples is not None else lambda ds, bs, w, _: shard_loader(ds, bs, w)
     # weights_only: a checkpoint is data, and loading it must not run code
-    trainer.fit(module, make_loader(train_ds, cfg.batch_size, workers, True),
-                make_loader(val_ds, cfg.batch_size * 2, workers, False) if has_val else None,
+    trainer.fit(module, loader(train_ds, cfg.batch_size, workers, True),
+                loader(val_ds, cfg.batch_size * 2, workers, False) if has_val else None,
                 ckpt_path=str(out / "checkpoints" / "last.ckpt") if cfg.resume else None, weights_only=True)
+    failed = getattr(train_ds, "failed", None)
+    if failed is not None and failed.value:
+        print(f"{failed.value} time(s) a training image could not be read and was skipped (listed above)",
+              file=sys.stderr)
     if not trainer.is_global_zero:
         return out / "model"
     return _save_best(cfg, net, best_cb, data_config, samples, len(train_ds), len(val_ds))
@@ -176,21 +188,34 @@ def _resolve(cfg: TrainConfig) -> TrainConfig:
     return cfg
 
 
+FIT_CHECK_IMAGES = 3000  # at most this many images measure the scale (and fit the domain check)
+
+
 def _fit_checks(model_dir: Path, samples: list, manifest: Path, data_root) -> None:
     """The model folder's training scale (from red cells, where its images show any) and then its
     domain check (on features of images at that scale)."""
     from marrowscope import domain, scale
     from marrowscope.artifacts import write_settings
 
-    measured = scale.measure([s.path for s in samples if s.split != "test"])
+    # a seeded sample bounds the time on large sets; bone-marrow-7's 2,975 are all measured
+    paths = [s.path for s in samples if s.split != "test"]
+    measured = scale.measure(random.Random(0).sample(paths, min(len(paths), FIT_CHECK_IMAGES)))
     if measured:
         write_settings(model_dir, scale=measured)
     domain.fit_for_model(model_dir, manifest, data_root)
 
 
-def _samples(cfg: TrainConfig) -> list:
+def _samples(cfg: TrainConfig) -> Optional[list]:
     """The run's samples, refusing a class without training images, or without validation images
-    when the best epoch is to be chosen on them (``keep="best"``)."""
+    when the best epoch is to be chosen on them (``keep="best"``); None for a shard folder."""
+    if is_shards(cfg.data):
+        meta = read_meta(cfg.data, cfg.classes)
+        print(f"shards '{cfg.data}': {meta['images']}", file=sys.stderr)
+        if not meta["images"].get("train"):
+            raise MarrowscopeError(f"the shard folder '{cfg.data}' holds no training images.")
+        if cfg.distill:
+            raise MarrowscopeError("--distill reads soft targets per file; train on the manifest, not on shards.")
+        return None
     samples, skipped = load_samples(cfg.data, cfg.classes, val=cfg.val, test=cfg.test, seed=cfg.seed,
                                     data_root=cfg.data_root)
     if skipped:
@@ -231,14 +256,19 @@ def _device_augment(cfg: TrainConfig, data_config: dict):
 FIELD_PX = 250
 
 
-def _datasets(cfg: TrainConfig, samples: list, data_config: dict, raw: bool = False) -> list[CellDataset]:
+def _datasets(cfg: TrainConfig, samples: Optional[list], data_config: dict, raw: bool = False) -> list:
     """The training (augmented, with soft targets when distilling) and validation datasets; with
-    ``raw`` both hold uint8 fields, augmented later on the device."""
+    ``raw`` both hold uint8 fields, augmented later on the device; streamed from a shard folder when
+    ``samples`` is None."""
     from marrowscope.data import read_soft_targets
 
     soft = read_soft_targets(cfg.distill, cfg.classes) if cfg.distill else None
     transforms = {"train": train_transform(data_config, cfg.augment), "val": eval_transform(data_config)}
     size = max(FIELD_PX, cfg.img_size) if raw else None
+    if samples is None:  # a shard folder, streamed
+        meta = read_meta(cfg.data, cfg.classes)
+        return [shard_dataset(cfg.data, sp, cfg.classes, t, size, sp == "train") if meta["images"].get(sp) else []
+                for sp, t in transforms.items()]
     datasets = [CellDataset([s for s in samples if s.split == sp], cfg.classes, t, workers=cfg.workers,
                             raw_size=size, soft=soft if sp == "train" else None)
                 for sp, t in transforms.items()]
@@ -261,7 +291,7 @@ def _trainer(cfg: TrainConfig, callbacks: list, has_val: bool = True) -> L.Train
     )
 
 
-def _save_best(cfg: TrainConfig, net, best_cb: ModelCheckpoint, data_config: dict, samples: list,
+def _save_best(cfg: TrainConfig, net, best_cb: ModelCheckpoint, data_config: dict, samples: Optional[list],
                n_train: int, n_val: int) -> Path:
     """The best epoch's weights -> the model folder, with curves, history, config and manifest."""
     from marrowscope.plots import plot_history
@@ -281,13 +311,17 @@ def _save_best(cfg: TrainConfig, net, best_cb: ModelCheckpoint, data_config: dic
              "distilled_from": Path(cfg.distill).name if cfg.distill else None,
              "init_weights": Path(cfg.init_weights).name if cfg.init_weights else None}
     files = {n: out / n for n in ("history.csv", "curves.png", "config_train.json") if (out / n).exists()}
-    # the model folder's own manifest, its paths relative to the model folder
-    files["manifest.csv"] = write_manifest(samples, out / "manifest_model.csv.tmp", folder=out / "model")
+    if samples is not None:  # the model folder's own manifest, its paths relative to the model folder
+        files["manifest.csv"] = write_manifest(samples, out / "manifest_model.csv.tmp", folder=out / "model")
     model_dir = save_model_folder(net, out / "model", cfg.classes, data_config, extra=extra, half=cfg.half,
                                   files=files)
-    files["manifest.csv"].unlink()
-    if cfg.checks:
+    if samples is not None:
+        files["manifest.csv"].unlink()
+    if cfg.checks and samples is not None:
         _fit_checks(model_dir, samples, out / "manifest.csv", cfg.data_root)
+    elif cfg.checks:
+        print("trained on shards: the training scale and the domain check need the image files; fit them with "
+              "scripts/measure_scale.py and scripts/fit_domain.py on a manifest of the same images", file=sys.stderr)
     chosen = (f"best epoch val macro-F1 {extra['best_val_f1']} (validation split, {n_val} images)"
               if cfg.keep == "best" and n_val else "last epoch kept (no epoch chosen on validation images)")
     print(f"{chosen}; model folder: {model_dir}", file=sys.stderr)

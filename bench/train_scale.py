@@ -1,0 +1,155 @@
+"""Training at scale on the CPU: peak memory and images/s of `marrowscope train --max-steps` on
+manifests of growing size, against the bare training step (the network alone on tensors in memory).
+
+    python scripts/make_synthetic.py --out /tmp/bm170k --images 170000    # never commit it
+    python bench/train_scale.py --tree /tmp/bm170k --sizes 17000 30000 170000 [--steps 30] [--batch-size 16]
+
+Each size is the first N rows of the tree's manifest, with 64 validation images (the rest of its val
+rows train) so that validation does not dominate a short run. Memory: the whole process tree (the
+training process and its loader workers), sampled every 0.2 s; RSS counts pages shared between the
+forked workers once per process (an upper bound), PSS shares them out. bone-marrow-7 (3,500 images,
+small enough to stay decoded in memory) is measured the same way for reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+MODEL = ["--model", "tf_efficientnet_lite0", "--img-size", "224"]
+
+
+def tree_memory(pid: int) -> tuple[int, int]:
+    """(RSS, PSS) in bytes of a process and all its descendants, from /proc."""
+    rss = pss = 0
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Rss:"):
+                    rss += int(line.split()[1]) * 1024
+                elif line.startswith("Pss:"):
+                    pss += int(line.split()[1]) * 1024
+            for t in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (t / "children").read_text().split()]
+        except (OSError, ValueError):
+            continue
+    return rss, pss
+
+
+def watch(cmd: list[str], log: Path) -> dict:
+    """Run a command; its wall time and the peak memory of its process tree."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=open(log.with_suffix(".out"), "w"), stderr=open(log, "w"))
+    peak_rss = peak_pss = 0
+    while proc.poll() is None:
+        rss, pss = tree_memory(proc.pid)
+        peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
+        time.sleep(0.2)
+    if proc.returncode:
+        raise SystemExit(f"{cmd[2:4]} failed; see {log}")
+    return {"peak_rss_gb": round(peak_rss / 1e9, 2), "peak_pss_gb": round(peak_pss / 1e9, 2),
+            "wall_s": round(time.perf_counter() - t0, 1)}
+
+
+def run(manifest: Path, steps: int, batch: int, work: Path) -> dict:
+    out = work / "run"
+    cmd = [sys.executable, "-m", "marrowscope", "train", str(manifest), "--out", str(out), *MODEL, "--epochs", "1",
+           "--batch-size", str(batch), "--max-steps", str(steps), "--workers", "2", "--no-checks", "--accelerator",
+           "cpu", "--patience", "1000"]
+    measured = watch(cmd, work / "train.log")
+    with open(out / "history.csv", newline="") as fh:
+        row = list(csv.DictReader(fh))[-1]
+    return {**measured, "images_per_s": round(float(row["images_per_s"]), 1)}
+
+
+def bare_step(batch: int, steps: int = 10) -> float:
+    import torch
+
+    from marrowscope.model import create_network
+    from marrowscope.module import CellClassifier
+
+    module = CellClassifier(create_network("tf_efficientnet_lite0", 7), 7)
+    opt = torch.optim.AdamW(module.parameters(), lr=1e-4)
+    x, y = torch.randn(batch, 3, 224, 224), torch.randint(0, 7, (batch,))
+
+    def step():
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(module(x), y).backward()
+        opt.step()
+
+    for _ in range(2):  # warm-up
+        step()
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return batch * steps / (time.perf_counter() - t)
+
+
+def subset(tree_manifest: Path, n: int, path: Path) -> Path:
+    """The first n rows, paths made relative to the new manifest's folder, 64 of them validation."""
+    with open(tree_manifest, newline="") as fh:
+        rows = [r for _, r in zip(range(n), csv.DictReader(fh))]
+    val = 0
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "label", "split", "sha256"])
+        for r in rows:
+            split = r["split"]
+            if split == "val":
+                val += 1
+                split = "val" if val <= 64 else "train"
+            w.writerow([os.path.relpath(tree_manifest.parent / r["path"], path.parent), r["label"], split, ""])
+    return path
+
+
+def main() -> None:
+    from marrowscope.data import default_data_dir
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tree", required=True, help="a synthetic tree of scripts/make_synthetic.py")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[17_000, 30_000, 170_000])
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--out", default="bench/train_scale.json")
+    ap.add_argument("--bare-only", action="store_true", help=argparse.SUPPRESS)  # the bare step's own process
+    a = ap.parse_args()
+    if a.bare_only:
+        print(bare_step(a.batch_size))
+        return
+    results = {"date": time.strftime("%Y-%m-%d"), "cores": os.cpu_count(), "steps": a.steps, "batch": a.batch_size,
+               "model": "tf_efficientnet_lite0 at 224 px, light augmentation, 2 loader workers", "rows": []}
+    with tempfile.TemporaryDirectory() as d:
+        log = Path(d) / "bare.log"
+        bare = watch([sys.executable, __file__, "--tree", ".", "--bare-only", "--batch-size", str(a.batch_size)], log)
+        results["bare_step"] = {**bare, "images_per_s": round(float(log.with_suffix(".out").read_text()), 1)}
+    print(f"bare step: {json.dumps(results['bare_step'])}", flush=True)
+    sets = [("bone-marrow-7 (in memory)", None)] + [(f"synthetic {n}", n) for n in a.sizes]
+    for name, n in sets:
+        with tempfile.TemporaryDirectory() as d:
+            work = Path(d)
+            if n is None:
+                bm = default_data_dir()
+                manifest = work / "bm7.csv"
+                subprocess.run([sys.executable, "-m", "marrowscope", "prepare", str(bm), "--out", str(manifest)],
+                               check=True, capture_output=True)
+                images = 3500
+            else:
+                manifest, images = subset(Path(a.tree) / "manifest.csv", n, work / "subset.csv"), n
+            row = {"set": name, "images": images, **run(manifest, a.steps, a.batch_size, work)}
+        row["ratio_to_bare"] = round(row["images_per_s"] / results["bare_step"]["images_per_s"], 3)
+        results["rows"].append(row)
+        print(json.dumps(row), flush=True)
+    Path(a.out).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
