@@ -111,6 +111,38 @@ def test_review_rejects_unknown_labels(predictor, tmp_path):
         review_export(list(CLASSES), review, state)
 
 
+@pytest.mark.slow
+def test_adapt_to_reviewed_cells_switches_this_session_only_and_back(predictor, explainer, tmp_path):
+    from marrowscope.app import review_adapt
+    from marrowscope.app_models import SessionModels, use_bundled
+
+    models = SessionModels(predictor, explainer)
+    images = [_save(tmp_path, f"c{k}.png", synthetic_cell(k % 7, 100 + k)) for k in range(14)]
+    *_, review, state = batch(predictor, images)
+    for k, row in enumerate(review):
+        row[3] = CLASSES[k % 7]  # a person's labels
+    zipped, note, model_state, in_use = review_adapt(models, list(CLASSES), review, state, {},
+                                                     progress=lambda *a, **k: None)
+    assert "config.json" in zipfile.ZipFile(zipped).namelist() and "Adapted on" in note
+    assert "adapted in this session" in in_use
+    adapted, adapted_cam = models.get(model_state)
+    assert adapted is not predictor and adapted.model_dir == Path(model_state["model"]) and adapted_cam is not None
+    assert models.get({})[0] is predictor  # other sessions keep the bundled model
+    top, overlay, _ = classify(adapted, adapted_cam, images[0])
+    assert len(top) == 3 and overlay is not None
+    _, empty, banner = use_bundled(models, model_state)
+    assert models.get(empty)[0] is predictor and "bundled" in banner
+    assert not Path(model_state["dir"]).exists()  # the adapted folder goes with the switch back
+
+
+def test_adapt_without_a_reviewed_batch_is_a_sentence(predictor):
+    from marrowscope.app import review_adapt
+    from marrowscope.app_models import SessionModels
+
+    with pytest.raises(gr.Error, match="Classify a batch first"):
+        review_adapt(SessionModels(predictor), list(CLASSES), [], {}, {}, progress=lambda *a, **k: None)
+
+
 def test_model_and_data_views_read_the_folder(tiny_model, tmp_path):
     v = model_views(tiny_model)
     assert v["curves"].endswith("curves.png")

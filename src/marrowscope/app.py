@@ -16,6 +16,7 @@ from typing import Optional
 
 import gradio as gr
 
+from marrowscope.app_models import SessionModels, adapt_to_review, banner, use_bundled
 from marrowscope.batch import UNUSUAL_WARNING, BatchResult, batch_policy
 from marrowscope.classes import FULL_NAMES, display_name
 from marrowscope.config import REVIEW_BELOW
@@ -142,18 +143,29 @@ def _top3_text(row: dict) -> str:
     return ", ".join(f"{row[f'top{i}']} {row[f'p{i}']:.2f}" for i in (1, 2, 3) if row.get(f"top{i}"))
 
 
-def review_export(classes: list[str], review_rows, state: Optional[dict]):
-    """The edited review table -> reviewed.zip and labels.csv for download."""
+def _reviewed(classes: list[str], review_rows, state: Optional[dict]) -> tuple[Path, Path, int]:
+    """The edited review table -> (reviewed.zip, labels.csv, cells), or a sentence."""
     if not state or not state.get("cells"):
         raise gr.Error("Classify a batch first; its cells appear here for review.")
     rows = review_rows.values.tolist() if hasattr(review_rows, "values") else list(review_rows or [])
     try:
-        archive, labels_csv, n = export_review(classes, rows, state["cells"], Path(state["dir"]))
+        return export_review(classes, rows, state["cells"], Path(state["dir"]))
     except MarrowscopeError as exc:
         raise gr.Error(str(exc)) from None
     except FileNotFoundError:
         raise gr.Error("This batch's files have expired; classify the batch again.") from None
+
+
+def review_export(classes: list[str], review_rows, state: Optional[dict]):
+    """The edited review table -> reviewed.zip and labels.csv for download."""
+    archive, labels_csv, n = _reviewed(classes, review_rows, state)
     return [str(archive), str(labels_csv)], f"Exported {n} reviewed cell(s)."
+
+
+def review_adapt(models: SessionModels, classes: list[str], review_rows, state: Optional[dict],
+                 model_state: Optional[dict], progress=gr.Progress(track_tqdm=True)):
+    """The edited review table -> the session's model adapted to it (see :mod:`marrowscope.app_models`)."""
+    return adapt_to_review(models, _reviewed(classes, review_rows, state)[0], model_state, progress=progress)
 
 
 # ---------------------------------------------------------------- layout: one builder per tab
@@ -161,7 +173,7 @@ def _pixel_size_box(default: Optional[float]):
     return gr.Number(value=default or 0, minimum=0, label="Pixel size in µm (0: estimate from red cells)")
 
 
-def _classify_tab(predictor: Predictor, explainer, examples: list[str], review_below: float,
+def _classify_tab(models: SessionModels, model_state, examples: list[str], review_below: float,
                   pixel_size: Optional[float]) -> None:
     with gr.Row():
         with gr.Column():
@@ -175,12 +187,13 @@ def _classify_tab(predictor: Predictor, explainer, examples: list[str], review_b
             cam = gr.Image(label="Grad-CAM: where the model looked", interactive=False)
     if examples:
         gr.Examples(examples, inputs=image, label="Examples, one per class")
-    go.click(lambda p, um: classify(predictor, explainer, p, review_below, um), [image, pixel],
+    go.click(lambda p, um, ms: classify(*models.get(ms), p, review_below, um), [image, pixel, model_state],
              [label, cam, advice], api_name="classify")
 
 
-def _batch_and_review_tabs(predictor: Predictor, review_below: float, pixel_size: Optional[float]) -> None:
-    classes = list(predictor.classes)
+def _batch_and_review_tabs(models: SessionModels, model_state, in_use, review_below: float,
+                           pixel_size: Optional[float]) -> None:
+    classes = list(models.default[0].classes)
     # the batch folder's owner: removed an hour after last use, or with the next batch
     state = gr.State({}, time_to_live=STATE_TTL_S, delete_callback=drop_batch)
     with gr.Tab("Batch / differential count"):
@@ -204,10 +217,22 @@ def _batch_and_review_tabs(predictor: Predictor, review_below: float, pixel_size
         export = gr.Button("Export reviewed labels")
         export_note = gr.Markdown()
         exported = gr.File(label="reviewed.zip (class folders + labels.csv)", interactive=False)
-    run.click(lambda f, s, um: batch(predictor, f, s, review_below, um), [files, state, pixel],
+        gr.Markdown("Or adapt the model to these cells (a few minutes; only this session switches to it):")
+        with gr.Row():
+            adapt_go = gr.Button("Adapt the model to these cells", variant="primary")
+            back = gr.Button("Use the bundled model")
+        adapt_note = gr.Markdown()
+        adapted = gr.File(label="adapted model folder (zip)", interactive=False)
+    run.click(lambda f, s, um, ms: batch(models.get(ms)[0], f, s, review_below, um), [files, state, pixel, model_state],
               [table, counts, decisions, chart, downloads, note, review, state], api_name="batch")
     export.click(lambda r, s: review_export(classes, r, s), [review, state], [exported, export_note],
                  api_name="export_review")
+    # its own queued event, one at a time: other sessions' Classify and Batch go on meanwhile
+    adapt_go.click(lambda r, s, ms, pr=gr.Progress(track_tqdm=True): review_adapt(models, classes, r, s, ms, pr),
+                   [review, state, model_state], [adapted, adapt_note, model_state, in_use], api_name="adapt",
+                   concurrency_limit=1)
+    back.click(lambda ms: use_bundled(models, ms), [model_state], [adapt_note, model_state, in_use],
+               api_name="use_bundled")
 
 
 def _model_tab(model_dir: Path) -> None:
@@ -240,12 +265,15 @@ def build_demo(predictor: Predictor, *, explainer=None, examples_dir: Optional[P
     atexit.register(shutil.rmtree, examples_out, True)
     examples = example_images(examples_dir, classes, examples_out)
     title = f"marrowscope: bone-marrow cell classifier ({predictor.info.architecture}, {len(classes)} classes)"
+    models = SessionModels(predictor, explainer)
     with gr.Blocks(title="marrowscope", delete_cache=CACHE_SWEEP) as demo:
         gr.Markdown(f"# {title}\nFor research and education; not a medical device. Classes: " +
                     ", ".join(f"{c} {FULL_NAMES.get(c, '')}".strip() for c in classes) + ".")
+        model_state = gr.State({}, time_to_live=STATE_TTL_S, delete_callback=models.drop)  # see app_models
+        in_use = gr.Markdown(banner(models, {}))
         with gr.Tab("Classify"):
-            _classify_tab(predictor, explainer, examples, review_below, pixel_size)
-        _batch_and_review_tabs(predictor, review_below, pixel_size)
+            _classify_tab(models, model_state, examples, review_below, pixel_size)
+        _batch_and_review_tabs(models, model_state, in_use, review_below, pixel_size)
         with gr.Tab("Model"):
             _model_tab(predictor.model_dir)
         with gr.Tab("Data"):
