@@ -4,8 +4,8 @@ manifests of growing size, against the bare training step (the network alone on 
     python scripts/make_synthetic.py --out /tmp/bm170k --images 170000    # never commit it
     python bench/train_scale.py --tree /tmp/bm170k --sizes 17000 30000 170000 [--steps 30] [--batch-size 16]
 
-Each size is the first N rows of the tree's manifest, with 64 validation images (the rest of its val
-rows train) so that validation (which Lightning runs inside the epoch's time) does not dominate a
+Each size is the first N rows of the tree's manifest, with 10 validation images per class (the rest
+of its val rows train) so that validation (which Lightning runs inside the epoch's time) does not dominate a
 short run. Memory: the whole process tree (the
 training process and its loader workers), sampled every 0.2 s; RSS counts pages shared between the
 forked workers once per process (an upper bound), PSS shares them out. bone-marrow-7 (3,500 images,
@@ -96,18 +96,20 @@ def bare_step(batch: int, steps: int = 10) -> float:
 
 
 def subset(tree_manifest: Path, n: int, path: Path) -> Path:
-    """The first n rows, paths made relative to the new manifest's folder, 64 of them validation."""
+    """The first n rows, paths made relative to the new manifest's folder, 10 of each class validation."""
+    from collections import Counter
+
     with open(tree_manifest, newline="") as fh:
         rows = [r for _, r in zip(range(n), csv.DictReader(fh))]
-    val = 0
+    val = Counter()
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["path", "label", "split", "sha256"])
         for r in rows:
             split = r["split"]
             if split == "val":
-                val += 1
-                split = "val" if val <= 64 else "train"
+                val[r["label"]] += 1
+                split = "val" if val[r["label"]] <= 10 else "train"
             w.writerow([os.path.relpath(tree_manifest.parent / r["path"], path.parent), r["label"], split, ""])
     return path
 
@@ -137,7 +139,7 @@ def main() -> None:
     for name, n in sets:
         with tempfile.TemporaryDirectory() as d:
             work = Path(d)
-            if n is None:  # the same shape of manifest: 64 validation images
+            if n is None:  # the same shape of manifest: 10 validation images per class
                 full = work / "bm7.csv"
                 subprocess.run([sys.executable, "-m", "marrowscope", "prepare", str(default_data_dir()), "--out",
                                 str(full)], check=True, capture_output=True)
