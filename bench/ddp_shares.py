@@ -16,7 +16,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from marrowscope import data
+from marrowscope import datasets as data
 
 data.CACHE_BUDGET_BYTES = 0  # decoded per item in each rank's loader, as a large set is
 _read_item = data.CellDataset.__getitem__

@@ -47,7 +47,8 @@ def folder_throughput(pred, files):
 
 def training_throughput(model_dir, files, batch=32, steps=6):
     from marrowscope.artifacts import load_model_folder
-    from marrowscope.data import CellDataset, Sample, make_loader
+    from marrowscope.data import Sample
+    from marrowscope.datasets import CellDataset, make_loader
     from marrowscope.module import CellClassifier
     from marrowscope.transforms import train_transform
 

@@ -12,12 +12,12 @@ from tests.conftest import make_dataset
 
 @pytest.mark.slow
 def test_large_set_is_decoded_per_item_and_goes_past_broken_files(tmp_path, monkeypatch, capfd):
-    from marrowscope import data
+    from marrowscope import datasets
     from marrowscope.data import prepare
     from marrowscope.manifest import write_manifest
     from marrowscope.train import fit
 
-    monkeypatch.setattr(data, "CACHE_BUDGET_BYTES", 0)  # as if the set were larger than memory
+    monkeypatch.setattr(datasets, "CACHE_BUDGET_BYTES", 0)  # as if the set were larger than memory
     samples, _ = prepare(make_dataset(tmp_path / "cells", per_class=10))
     manifest = write_manifest(samples, tmp_path / "manifest.csv")
     train = [s for s in samples if s.split == "train"]
@@ -36,13 +36,14 @@ def test_large_set_is_decoded_per_item_and_goes_past_broken_files(tmp_path, monk
 
 
 def test_small_sets_stay_in_memory_and_large_ones_do_not(tmp_path, monkeypatch):
-    from marrowscope import data
-    from marrowscope.data import CellDataset, scan_folder
+    from marrowscope import datasets
+    from marrowscope.data import scan_folder
+    from marrowscope.datasets import CellDataset
 
     samples, _ = scan_folder(make_dataset(tmp_path / "cells", per_class=2))
     classes = sorted({s.label for s in samples})
     assert CellDataset(samples, classes, None, raw_size=32).cache is True
-    monkeypatch.setattr(data, "CACHE_BUDGET_BYTES", 32 * 32 * 3 * len(samples) - 1)
+    monkeypatch.setattr(datasets, "CACHE_BUDGET_BYTES", 32 * 32 * 3 * len(samples) - 1)
     lazy = CellDataset(samples, classes, None, raw_size=32)
     assert lazy.cache is False and lazy.images is None and lazy[0][0].shape == (3, 32, 32)
 

@@ -107,7 +107,7 @@ def _fine_tune(model_dir: Path, cells: list[Sample], classes: list[str], data_co
     """The source network fine-tuned on ``cells`` with the lab augmentation (a thin Lightning run)."""
     import lightning as L
 
-    from marrowscope.data import CellDataset, make_loader
+    from marrowscope.datasets import CellDataset, make_loader
     from marrowscope.module import CellClassifier
     from marrowscope.transforms import train_transform
 

@@ -88,7 +88,7 @@ def _shard_cells_class():
     LitData; reachable as ``marrowscope.shards.ShardCells`` so that loader workers can unpickle it."""
     StreamingDataset = _litdata().StreamingDataset
 
-    from marrowscope.data import _square
+    from marrowscope.datasets import _square
     from marrowscope.images import decode_image
 
     class ShardCells(StreamingDataset):
@@ -118,6 +118,6 @@ def __getattr__(name: str):
 
 def shard_loader(ds, batch_size: int, workers: int):
     """LitData's loader (it moves the stream on by one epoch each pass), dropping unreadable items."""
-    from marrowscope.data import collate_readable
+    from marrowscope.datasets import collate_readable
 
     return _litdata().StreamingDataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate_readable)

@@ -32,13 +32,14 @@ from lightning.pytorch.loggers import CSVLogger
 from marrowscope.artifacts import save_model_folder
 from marrowscope.config import TrainConfig
 from marrowscope.csvfiles import write_csv
-from marrowscope.data import CellDataset, count_table, format_skipped, format_table, load_samples, make_loader
+from marrowscope.data import count_table, format_skipped, format_table, load_samples
+from marrowscope.datasets import device_augmentation, make_loader, run_datasets
 from marrowscope.manifest import write_manifest
 from marrowscope.errors import MarrowscopeError
 from marrowscope.model import create_network
-from marrowscope.shards import is_shards, read_meta, shard_dataset, shard_loader
+from marrowscope.shards import is_shards, read_meta, shard_loader
 from marrowscope.module import CellClassifier
-from marrowscope.transforms import data_config_for, eval_transform, train_transform
+from marrowscope.transforms import data_config_for
 
 HISTORY_FIELDS = ["epoch", "train_loss", "train_acc", "train_f1", "val_loss", "val_acc", "val_f1", "lr",
                   "seconds", "images_per_s"]
@@ -124,8 +125,8 @@ def fit(cfg: TrainConfig) -> Path:
     net = create_network(cfg.model, len(cfg.classes), pretrained=cfg.pretrained, init_weights=cfg.init_weights,
                          drop_rate=cfg.drop_rate)
     data_config = data_config_for(net, cfg.img_size)
-    device_augment = _device_augment(cfg, data_config)
-    train_ds, val_ds = _datasets(cfg, samples, data_config, device_augment is not None)
+    device_augment = device_augmentation(cfg, data_config, _on_gpu(cfg))
+    train_ds, val_ds = run_datasets(cfg, samples, data_config, device_augment is not None)
     module = CellClassifier(net, len(cfg.classes), lr=cfg.lr, weight_decay=cfg.weight_decay,
                             label_smoothing=cfg.label_smoothing, mixup=cfg.mixup,
                             distill=cfg.distill_weight if cfg.distill else 0.0, device_augment=device_augment)
@@ -233,49 +234,6 @@ def _samples(cfg: TrainConfig) -> Optional[list]:
 
 def _on_gpu(cfg: TrainConfig) -> bool:
     return cfg.accelerator in ("gpu", "cuda") or (cfg.accelerator == "auto" and torch.cuda.is_available())
-
-
-def _device_augment(cfg: TrainConfig, data_config: dict):
-    """The batched ``lab`` recipe when it is to run on the device (a GPU by default), else None."""
-    from marrowscope.augment_batch import BatchLabAugment
-
-    if cfg.augment_on not in ("auto", "cpu", "device"):
-        raise MarrowscopeError(f"--augment-on must be auto, cpu or device, not '{cfg.augment_on}'.")
-    on_device = cfg.augment_on == "device" or (cfg.augment_on == "auto" and _on_gpu(cfg))
-    if not on_device:
-        return None
-    if cfg.augment != "lab" and cfg.augment_on == "device":
-        raise MarrowscopeError("augmentation on the device implements the 'lab' recipe; pass --augment lab "
-                               "(or --augment-on cpu).")
-    if cfg.augment != "lab":  # the light recipe stays on the CPU, where it is cheap
-        return None
-    return BatchLabAugment(cfg.img_size, data_config["mean"], data_config["std"])
-
-
-# Fields are kept at bone-marrow-7's native 250 px (or the input size, when larger) for device augmentation.
-FIELD_PX = 250
-
-
-def _datasets(cfg: TrainConfig, samples: Optional[list], data_config: dict, raw: bool = False) -> list:
-    """The training (augmented, with soft targets when distilling) and validation datasets; with
-    ``raw`` both hold uint8 fields, augmented later on the device; streamed from a shard folder when
-    ``samples`` is None."""
-    from marrowscope.data import read_soft_targets
-
-    soft = read_soft_targets(cfg.distill, cfg.classes) if cfg.distill else None
-    transforms = {"train": train_transform(data_config, cfg.augment), "val": eval_transform(data_config)}
-    size = max(FIELD_PX, cfg.img_size) if raw else None
-    if samples is None:  # a shard folder, streamed
-        meta = read_meta(cfg.data, cfg.classes)
-        return [shard_dataset(cfg.data, sp, cfg.classes, t, size, sp == "train") if meta["images"].get(sp) else []
-                for sp, t in transforms.items()]
-    datasets = [CellDataset([s for s in samples if s.split == sp], cfg.classes, t, workers=cfg.workers,
-                            raw_size=size, soft=soft if sp == "train" else None)
-                for sp, t in transforms.items()]
-    for ds in datasets:
-        if ds.skipped:
-            print(format_skipped(ds.skipped), file=sys.stderr)
-    return datasets
 
 
 def _trainer(cfg: TrainConfig, callbacks: list, has_val: bool = True) -> L.Trainer:
