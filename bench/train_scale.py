@@ -1,8 +1,8 @@
 """Training at scale on the CPU: peak memory and images/s of `marrowscope train --max-steps` on
 manifests of growing size, against the bare training step (the network alone on tensors in memory).
 
-    python scripts/make_synthetic.py --out /tmp/bm170k --images 170000    # never commit it
-    python bench/train_scale.py --tree /tmp/bm170k --sizes 17000 30000 170000 [--steps 30] [--batch-size 16]
+    python scripts/make_synthetic.py --out runs/bm170k --images 170000    # never commit it
+    python bench/train_scale.py --tree runs/bm170k --sizes 17000 30000 170000 [--steps 30] [--batch-size 16]
 
 Each size is the first N rows of the tree's manifest, with 10 validation images per class (the rest
 of its val rows train) so that validation (which Lightning runs inside the epoch's time) does not dominate a

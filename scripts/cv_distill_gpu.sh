@@ -10,6 +10,8 @@
 # and whl/ (timm). Results come back as bundle.tar.aa, .ab ... (cat, then untar); the out-of-fold
 # predictions used for the review policy are recomputed on the CPU on the original images.
 #   DRY=1 OUT=runs/dry scripts/cv_distill_gpu.sh   # a rehearsal on the CPU: tiny images, one epoch
+# The rehearsal reads ROOT (default ../shared/data/bone-marrow-7) through MANIFEST (default: 13 images
+# per class of ROOT, prepared into $WORK/small.csv).
 set -u
 OUT=${OUT:-runs/gpu}
 WORK=${WORK:-.gpuwork}
@@ -25,8 +27,10 @@ if [ -z "${DRY:-}" ]; then
   EP=${EP:-40}; SIZE=224; BS=64; MAXT=00:00:03:20; WK=3; FOLDS=5
   export OMP_NUM_THREADS=3  # five trainings share 16 cores
 else
-  MANIFEST=${MANIFEST:-/tmp/cvt/small.csv}; ROOT=../shared/data/bone-marrow-7; PY=.venv/bin/python
+  ROOT=${ROOT:-../shared/data/bone-marrow-7}; PY=.venv/bin/python
   export PYTHONPATH=$PWD/src
+  MANIFEST=${MANIFEST:-$WORK/small.csv}
+  [ -f "$MANIFEST" ] || $PY -m marrowscope prepare "$ROOT" --per-class 13 --out "$MANIFEST" > /dev/null
   EP=1; SIZE=64; BS=8; MAXT=00:00:02:00; WK=0; FOLDS=2
 fi
 $PY -c "import torch, timm, lightning; print('torch', torch.__version__, 'timm', timm.__version__, 'lightning', lightning.__version__, 'cuda', torch.cuda.is_available())"

@@ -2,7 +2,7 @@
 (never commit it, never report accuracy on it): each file is a real crop, mirrored or turned,
 colour-shifted a little and re-encoded as JPEG at a random quality, so no two files are identical.
 
-    python scripts/make_synthetic.py --out /tmp/bm170k --images 170000 [--classes 7|21] [--workers 2]
+    python scripts/make_synthetic.py --out runs/bm170k --images 170000 [--classes 7|21] [--workers 2]
 
 With ``--classes 21`` the 7 real classes are spread over 21 folder names (BLA, BLA_2, BLA_3, ...)
 to exercise a 21-class run; a manifest (``manifest.csv``: 80/10/10 split) is written beside the folders.

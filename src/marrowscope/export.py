@@ -45,6 +45,7 @@ def export_onnx(model_dir: str | Path, images: Sequence[ImageSource] = (), opset
     torch.onnx.export(net, (x[:2],), str(tmp), input_names=["image"], output_names=["logits", "features"],
                       opset_version=opset, dynamic_shapes={"x": {0: batch}}, dynamo=True, external_data=False,
                       verbose=False)
+    _drop_stack_traces(tmp)
     sess = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
     with torch.inference_mode():
         ref = torch.softmax(net(x)[0], 1).numpy()
@@ -57,6 +58,22 @@ def export_onnx(model_dir: str | Path, images: Sequence[ImageSource] = (), opset
     out = model_dir / "model.onnx"
     tmp.replace(out)
     return out, diff
+
+
+STACK_TRACE = "pkg.torch.onnx.stack_trace"
+
+
+def _drop_stack_traces(path: Path) -> None:
+    """The exporter records each node's Python stack trace, which names the files of the machine that
+    exported it; the model file should not. Everything else (names, scopes) stays."""
+    import onnx
+
+    model = onnx.load(str(path))
+    for node in [*model.graph.node, *(n for f in model.functions for n in f.node)]:
+        kept = [p for p in node.metadata_props if p.key != STACK_TRACE]
+        del node.metadata_props[:]
+        node.metadata_props.extend(kept)
+    onnx.save(model, str(path))
 
 
 SPACE_APP = '''\
