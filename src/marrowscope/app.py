@@ -110,7 +110,7 @@ def batch(predictor: Predictor, files: Optional[list], state: Optional[dict] = N
         predictor.preprocess.check_pixel_size(pixel_size)
     except MarrowscopeError as exc:
         raise gr.Error(str(exc)) from None
-    result = BatchResult(list(predictor.classes), 3, batch_policy(predictor, review_below), predictor.unusual_above)
+    result = BatchResult.for_predictor(predictor, 3, review_below)
     cells = []
     stream = predictor.predict_many(uploads.files, names=uploads.names, pixel_size=pixel_size or None)
     for item, path, name in zip(stream, uploads.files, uploads.names):

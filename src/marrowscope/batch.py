@@ -33,6 +33,11 @@ class BatchResult:
     unusual_above: Optional[float] = None  # the model folder's domain-check threshold, if it has one
     rows: list[dict] = field(default_factory=list)
 
+    @classmethod
+    def for_predictor(cls, predictor: Predictor, top_k: int = 3, review_below: float = REVIEW_BELOW) -> "BatchResult":
+        """An empty result with the predictor's classes, review policy and domain-check threshold."""
+        return cls(list(predictor.classes), top_k, batch_policy(predictor, review_below), predictor.unusual_above)
+
     @property
     def unusual(self) -> list[dict]:
         return [r for r in self.rows if r.get("unusual") == "yes"]
@@ -116,7 +121,7 @@ def run_batch(predictor: Predictor, paths: Sequence[str | Path], out_csv: Option
         from tqdm import tqdm
 
         stream = tqdm(stream, total=len(files), unit="img", desc="classifying")
-    result = BatchResult(list(predictor.classes), top_k, batch_policy(predictor, review_below), predictor.unusual_above)
+    result = BatchResult.for_predictor(predictor, top_k, review_below)
     for item in [*missing, *stream]:
         result.add(item)
     if out_csv:

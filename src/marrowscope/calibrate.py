@@ -20,7 +20,7 @@ import numpy as np
 
 from marrowscope.artifacts import write_settings
 from marrowscope.data import load_samples
-from marrowscope.errors import MarrowscopeError, Unreadable
+from marrowscope.errors import MarrowscopeError
 from marrowscope.evaluate import expected_calibration_error
 from marrowscope.policy import fit_policy
 from marrowscope.predict import Predictor, probs_from_logits
@@ -94,18 +94,12 @@ def _split_logits(predictor: Predictor, data, split: str, seed: int, data_root):
     if not chosen:
         raise MarrowscopeError(f"the {split} split of '{data}' holds no images.")
     index = {c: i for i, c in enumerate(predictor.classes)}
-    logits, ys, unreadable = [], [], list(skipped)
     tta_was, predictor.tta = predictor.tta, True  # all four views: view 0 is the prediction without TTA
     try:
-        for s, item in zip(chosen, predictor.stream_logits([s.path for s in chosen])):
-            if isinstance(item, Unreadable):
-                unreadable.append(item)
-            else:
-                logits.append(item.logits)
-                ys.append(index[s.label])
+        views, kept, bad = predictor.stacked_logits([s.path for s in chosen])
     finally:
         predictor.tta = tta_was
-    if not logits:
+    if views is None:
         raise MarrowscopeError(f"none of the {len(chosen)} images of the {split} split could be read.")
-    return np.stack(logits, axis=1), np.array(ys), unreadable, f"{len(ys)} images of the {split} split of " \
-        f"{Path(data).name}"
+    return views, np.array([index[chosen[i].label] for i in kept]), [*skipped, *bad], \
+        f"{len(kept)} images of the {split} split of {Path(data).name}"

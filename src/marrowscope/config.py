@@ -15,6 +15,9 @@ VAL_FRACTION = 0.15   # of each class, for model choice and early stopping
 TEST_FRACTION = 0.15  # of each class, never used for training or choice
 # A cell whose top probability is below this is marked for review by a person.
 REVIEW_BELOW = 0.6
+# At the end of `train`, at most this many training (and validation) images, a seeded sample, measure
+# the training scale and fit the domain check: bounded time on large sets; bone-marrow-7 is measured whole.
+FIT_CHECK_IMAGES, FIT_CHECK_VAL_IMAGES = 3000, 1000
 
 
 @dataclass

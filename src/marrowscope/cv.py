@@ -74,27 +74,24 @@ def _train_fold(cfg: TrainConfig, out: Path, f: int, pool: list[Sample], fold_of
 def view_logits(predictor, samples: Sequence[Sample]) -> tuple[np.ndarray, list[Sample], list[Unreadable]]:
     """[V, N, C] logits of the images that could be read (with the predictor's views), those samples,
     and the unreadable ones."""
-    logits, kept, bad = [], [], []
-    for s, r in zip(samples, predictor.stream_logits([s.path for s in samples], names=[s.rel for s in samples])):
-        if isinstance(r, Unreadable):
-            bad.append(r)
-        else:
-            logits.append(r.logits)
-            kept.append(s)
-    return np.stack(logits, axis=1), kept, bad
+    logits, kept, bad = predictor.stacked_logits([s.path for s in samples], [s.rel for s in samples])
+    return logits, [samples[i] for i in kept], bad
+
+
+def _headline(probs: np.ndarray, y: np.ndarray, classes: Sequence[str]) -> dict:
+    """macro-F1, accuracy and blast recall of [N, C] probabilities."""
+    from marrowscope.evaluate import compute_metrics
+
+    m = compute_metrics(probs, y, classes)
+    return {"macro_f1": round(m["macro_f1"], 4), "accuracy": round(m["accuracy"], 4),
+            **({"blast_recall": round(m["per_class"]["BLA"]["recall"], 4)} if "BLA" in classes else {})}
 
 
 def scores(logits: np.ndarray, y: np.ndarray, classes: Sequence[str]) -> dict:
-    """macro-F1, accuracy and blast recall of [V, N, C] logits, with view 0 alone and with all views."""
-    from marrowscope.evaluate import compute_metrics
+    """The headline metrics of [V, N, C] logits, with view 0 alone and with all views."""
     from marrowscope.predict import probs_from_logits
 
-    out = {}
-    for name, v in (("no_tta", logits[:1]), ("tta", logits)):
-        m = compute_metrics(probs_from_logits(v), y, classes)
-        out[name] = {"macro_f1": round(m["macro_f1"], 4), "accuracy": round(m["accuracy"], 4),
-                     **({"blast_recall": round(m["per_class"]["BLA"]["recall"], 4)} if "BLA" in classes else {})}
-    return out
+    return {name: _headline(probs_from_logits(v), y, classes) for name, v in (("no_tta", logits[:1]), ("tta", logits))}
 
 
 def _predict_folds(cfg: TrainConfig, out: Path, folds: int, pool: list[Sample], fold_of: list[int],
@@ -133,20 +130,21 @@ def _predict_folds(cfg: TrainConfig, out: Path, folds: int, pool: list[Sample], 
         yt = np.array([index[s.label] for s in test_kept])
         stacked = np.stack(test_logits)  # [F, V, N, C]
         np.savez_compressed(out / "test.npz", logits=stacked, y=yt, paths=np.array([s.rel for s in test_kept]))
-        ensemble = np.stack([probs_from_logits(stacked[:, :1].reshape(-1, *stacked.shape[2:])),
-                             probs_from_logits(stacked.reshape(-1, *stacked.shape[2:]))])
-        # log-probabilities are logits whose softmax is the ensemble's probabilities
+        n, c = stacked.shape[2:]
+        # the ensemble averages the probabilities of every fold model (and, with TTA, of every view)
         summary["test_ensemble"] = {"images": len(yt), **{
-            name: scores(np.log(np.clip(ensemble[i:i + 1], 1e-9, 1)), yt, cfg.classes)["no_tta"]
-            for i, name in enumerate(("no_tta", "tta"))}}
+            name: _headline(probs_from_logits(v.reshape(-1, n, c)), yt, cfg.classes)
+            for name, v in (("no_tta", stacked[:, :1]), ("tta", stacked))}}
     (out / "cv.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
 def _mean_sd(per_fold: list[dict]) -> dict:
+    """{setting: {metric: [mean, sd]}} over the folds."""
     out = {}
     for setting in ("no_tta", "tta"):
-        out[setting] = {m: [round(float(np.mean(v)), 4), round(float(np.std(v, ddof=1)), 4)]
-                        for m in per_fold[0][setting]
-                        for v in [[r[setting][m] for r in per_fold]]}
+        out[setting] = {}
+        for metric in per_fold[0][setting]:
+            values = [r[setting][metric] for r in per_fold]
+            out[setting][metric] = [round(float(np.mean(values)), 4), round(float(np.std(values, ddof=1)), 4)]
     return out

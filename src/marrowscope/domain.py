@@ -64,6 +64,7 @@ def fit_for_model(model_dir: Path, data: Path, data_root: Optional[str] = None) 
     """Fit the domain check of a model folder on its training split (threshold: validation split)
     of ``data`` and store it; returns what was fitted. Uses the PyTorch backend without TTA."""
     from marrowscope.artifacts import write_settings
+    from marrowscope.config import FIT_CHECK_IMAGES, FIT_CHECK_VAL_IMAGES
     from marrowscope.data import load_samples
     from marrowscope.errors import Unreadable
     from marrowscope.predict import Predictor
@@ -72,7 +73,7 @@ def fit_for_model(model_dir: Path, data: Path, data_root: Optional[str] = None) 
     predictor.domain = None  # statistics being replaced are not used to compute their replacement
     samples, _ = load_samples(data, None, data_root=data_root)
     feats, rng = {}, random.Random(0)
-    for split, most in (("train", 3000), ("val", 1000)):  # a seeded sample bounds the time on large sets
+    for split, most in (("train", FIT_CHECK_IMAGES), ("val", FIT_CHECK_VAL_IMAGES)):
         paths = [s.path for s in samples if s.split == split]
         paths = rng.sample(paths, min(len(paths), most))
         found = [r.features for r in predictor.stream_logits(paths) if not isinstance(r, Unreadable)]

@@ -126,13 +126,15 @@ def evaluate(predictor: Predictor, data: str | Path, split: str = "test", out_di
     if not kept:
         raise MarrowscopeError(f"none of the {len(chosen)} images of the {split} split of '{data}' could be read "
                                f"(first: {unreadable[0].source}: {unreadable[0].reason}).")
-    m = _report(predictor, data, split, kept, unreadable)
+    m, decisions = _report(predictor, data, split, kept, unreadable)
     if out_dir:
-        _write(m, kept, predictor.classes, Path(out_dir))
+        _write(m, kept, decisions, predictor.classes, Path(out_dir))
     return m
 
 
-def _report(predictor: Predictor, data, split: str, kept: list, unreadable: list[Unreadable]) -> dict:
+def _report(predictor: Predictor, data, split: str, kept: list, unreadable: list[Unreadable]
+            ) -> tuple[dict, list[str]]:
+    """The metrics, and each image's decision under the model folder's review policy."""
     index = {c: i for i, c in enumerate(predictor.classes)}
     probs = np.stack([r.probs for _, r in kept])
     y = np.array([index[s.label] for s, _ in kept])
@@ -141,7 +143,6 @@ def _report(predictor: Predictor, data, split: str, kept: list, unreadable: list
     policy = predictor.policy
     decisions = policy.decide(probs, predictor.classes)
     m["decisions"] = {**decision_metrics(decisions, probs, y, predictor.classes), "policy": policy.describe()}
-    m["decision_per_image"] = [str(d) for d in decisions]
     trained = _training_hashes(predictor.model_dir)
     m["overlap_with_training"] = sum(1 for s, _ in kept if (s.sha256 or sha256_of(s.path)) in trained)
     settings = f"{predictor.backend}, TTA {'on' if predictor.tta else 'off'}, temperature {predictor.temperature:g}"
@@ -156,7 +157,7 @@ def _report(predictor: Predictor, data, split: str, kept: list, unreadable: list
         "description": f"{len(kept)} images of the '{split}' split of {Path(data).name}, model "
                        f"{predictor.model_dir.name} ({predictor.info.architecture}; {settings}).",
     })
-    return m
+    return m, [str(d) for d in decisions]
 
 
 def _domain_cells(score: Optional[float], above: Optional[float]) -> tuple[str, str]:
@@ -165,11 +166,10 @@ def _domain_cells(score: Optional[float], above: Optional[float]) -> tuple[str, 
     return f"{score:.3f}", "yes" if score > above else "no"
 
 
-def _write(m: dict, kept: list, classes: Sequence[str], out: Path) -> None:
+def _write(m: dict, kept: list, decisions: list[str], classes: Sequence[str], out: Path) -> None:
     from marrowscope.plots import plot_confusion, plot_reliability
 
     out.mkdir(parents=True, exist_ok=True)
-    decisions = m.pop("decision_per_image")
     (out / "metrics.json").write_text(json.dumps(m, indent=2))
     # paths relative to the data's root: the report reads the same on every machine
     above = m.get("domain_threshold")

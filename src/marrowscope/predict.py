@@ -195,6 +195,19 @@ class Predictor:
                               None if feats is None else feats[k])
                     k += 1
 
+    def stacked_logits(self, sources: Sequence[ImageSource], names: Optional[Sequence[str]] = None
+                       ) -> tuple[Optional[np.ndarray], list[int], list[Unreadable]]:
+        """[V, N, C] logits of the sources that could be read (None if none could), their indices in
+        ``sources``, and the unreadable ones: for fits and cross-validation, which need every view."""
+        logits, kept, bad = [], [], []
+        for i, r in enumerate(self.stream_logits(sources, names)):
+            if isinstance(r, Unreadable):
+                bad.append(r)
+            else:
+                logits.append(r.logits)
+                kept.append(i)
+        return (np.stack(logits, axis=1) if logits else None), kept, bad
+
     def predict_many(self, sources: Sequence[ImageSource], batch_size: int = 32, workers: Optional[int] = None,
                      names: Optional[Sequence[str]] = None, pixel_size: Optional[float] = None) -> Iterator[Result]:
         """A :class:`Prediction` or an :class:`Unreadable` per source, in input order."""
@@ -223,10 +236,6 @@ class Predictor:
         logits, _, scores = self.forward(loaded[0][None])
         return Prediction(_name(src, 0), probs_from_logits(logits, self.temperature)[0], loaded[1],
                           None if scores is None else float(scores[0]))
-
-    def decide(self, probs: np.ndarray) -> str:
-        """One cell's decision: accepted, review or possible-blast (:mod:`marrowscope.policy`)."""
-        return str(self.policy.decide(probs, self.classes)[0])
 
     def is_unusual(self, prediction: Prediction) -> bool:
         """Whether the domain check finds the image unlike the training images."""

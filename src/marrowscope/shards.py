@@ -116,8 +116,9 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-def shard_loader(ds, batch_size: int, workers: int):
-    """LitData's loader (it moves the stream on by one epoch each pass), dropping unreadable items."""
+def shard_loader(ds, batch_size: int, workers: int, shuffle: bool = False):
+    """LitData's loader (it moves the stream on by one epoch each pass), dropping unreadable items; the
+    signature is make_loader's, but ``shuffle`` is the dataset's own (set by :func:`shard_dataset`)."""
     from marrowscope.datasets import collate_readable
 
     return _litdata().StreamingDataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate_readable)

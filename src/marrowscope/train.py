@@ -30,7 +30,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from marrowscope.artifacts import save_model_folder
-from marrowscope.config import TrainConfig
+from marrowscope.config import FIT_CHECK_IMAGES, TrainConfig
 from marrowscope.csvfiles import write_csv
 from marrowscope.data import count_table, format_skipped, format_table, load_samples
 from marrowscope.datasets import device_augmentation, make_loader, run_datasets
@@ -144,7 +144,7 @@ def fit(cfg: TrainConfig) -> Path:
         if samples is not None:  # shards: their own marrowscope_shards.json says what they hold
             write_manifest(samples, out / "manifest.csv")
     workers = cfg.workers if cfg.devices * cfg.num_nodes == 1 else min(cfg.workers, 2)
-    loader = make_loader if samples is not None else lambda ds, bs, w, _: shard_loader(ds, bs, w)
+    loader = make_loader if samples is not None else shard_loader
     # weights_only: a checkpoint is data, and loading it must not run code
     trainer.fit(module, loader(train_ds, cfg.batch_size, workers, True),
                 loader(val_ds, cfg.batch_size * 2, workers, False) if has_val else None,
@@ -189,16 +189,12 @@ def _resolve(cfg: TrainConfig) -> TrainConfig:
     return cfg
 
 
-FIT_CHECK_IMAGES = 3000  # at most this many images measure the scale (and fit the domain check)
-
-
 def _fit_checks(model_dir: Path, samples: list, manifest: Path, data_root) -> None:
     """The model folder's training scale (from red cells, where its images show any) and then its
     domain check (on features of images at that scale)."""
     from marrowscope import domain, scale
     from marrowscope.artifacts import write_settings
 
-    # a seeded sample bounds the time on large sets; bone-marrow-7's 2,975 are all measured
     paths = [s.path for s in samples if s.split != "test"]
     measured = scale.measure(random.Random(0).sample(paths, min(len(paths), FIT_CHECK_IMAGES)))
     if measured:
