@@ -2,14 +2,21 @@
 manifests of growing size, against the bare training step (the network alone on tensors in memory).
 
     python scripts/make_synthetic.py --out runs/bm170k --images 170000    # never commit it
-    python bench/train_scale.py --tree runs/bm170k --sizes 17000 30000 170000 [--steps 30] [--batch-size 16]
+    python bench/train_scale.py --tree runs/bm170k --sizes 17000 30000 170000 [--steps 15] [--batch-size 16]
 
 Each size is the first N rows of the tree's manifest, with 10 validation images per class (the rest
-of its val rows train) so that validation (which Lightning runs inside the epoch's time) does not dominate a
-short run. Memory: the whole process tree (the
-training process and its loader workers), sampled every 0.2 s; RSS counts pages shared between the
-forked workers once per process (an upper bound), PSS shares them out. bone-marrow-7 (3,500 images,
-small enough to stay decoded in memory) is measured the same way for reference.
+of its val rows train). Speed is the steady state: each set trains twice, for S and 3S steps (both
+stop inside the first epoch, before validation), and the difference of the two epoch times gives the
+images/s of the 2S steps between, free of what both runs pay once (loader start, first batches). The
+bare step runs in its own process before and after the sets; the ratio is against their mean. On
+shared cores wall time drifts (the bare step alone has measured 3 to 14 images/s here within an
+hour), so the same is also reported per CPU second (user + system time of the process tree, loader
+workers included): a ratio of what the step costs to what the whole training run costs per image.
+Memory: the whole process tree (the training process and any loader workers), sampled every 0.2 s;
+RSS counts pages shared between forked workers once per process (an upper bound), PSS shares them
+out. bone-marrow-7 (3,500 images, small enough to stay decoded in memory) is measured the same way
+for reference. The loader runs with train's default workers (none on the CPU); ``--compare-workers``
+adds the first synthetic size with that many.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 MODEL = ["--model", "tf_efficientnet_lite0", "--img-size", "224"]
 
@@ -47,8 +55,9 @@ def tree_memory(pid: int) -> tuple[int, int]:
 
 
 def watch(cmd: list[str], log: Path) -> dict:
-    """Run a command; its wall time and the peak memory of its process tree."""
-    t0 = time.perf_counter()
+    """Run a command; its wall time, CPU time (its own and its waited-for children's: loader workers
+    included) and the peak memory of its process tree."""
+    t0, cpu0 = time.perf_counter(), _children_cpu()
     proc = subprocess.Popen(cmd, stdout=open(log.with_suffix(".out"), "w"), stderr=open(log, "w"))
     peak_rss = peak_pss = 0
     while proc.poll() is None:
@@ -58,21 +67,37 @@ def watch(cmd: list[str], log: Path) -> dict:
     if proc.returncode:
         raise SystemExit(f"{cmd[2:4]} failed; see {log}")
     return {"peak_rss_gb": round(peak_rss / 1e9, 2), "peak_pss_gb": round(peak_pss / 1e9, 2),
-            "wall_s": round(time.perf_counter() - t0, 1)}
+            "wall_s": round(time.perf_counter() - t0, 1), "cpu_s": round(_children_cpu() - cpu0, 1)}
 
 
-def run(manifest: Path, steps: int, batch: int, work: Path) -> dict:
-    out = work / "run"
-    cmd = [sys.executable, "-m", "marrowscope", "train", str(manifest), "--out", str(out), *MODEL, "--epochs", "1",
-           "--batch-size", str(batch), "--max-steps", str(steps), "--workers", "2", "--no-checks", "--accelerator",
-           "cpu", "--patience", "1000"]
-    measured = watch(cmd, work / "train.log")
-    with open(out / "history.csv", newline="") as fh:
-        row = list(csv.DictReader(fh))[-1]
-    return {**measured, "images_per_s": round(float(row["images_per_s"]), 1)}
+def _children_cpu() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
-def bare_step(batch: int, steps: int = 10) -> float:
+def run(manifest: Path, steps: int, batch: int, work: Path, workers: Optional[int] = None) -> dict:
+    """Two runs, of ``steps`` and of 3 x ``steps`` steps: the difference of their epoch times is the
+    steady state, without what both pay once (loader start and first batches, the first steps'
+    allocations). Peak memory is the larger of the two."""
+    rows = []
+    for n in (steps, 3 * steps):
+        out = work / f"run{n}"
+        cmd = [sys.executable, "-m", "marrowscope", "train", str(manifest), "--out", str(out), *MODEL, "--epochs",
+               "1", "--batch-size", str(batch), "--max-steps", str(n), "--no-checks", "--accelerator", "cpu",
+               "--patience", "1000", *(["--workers", str(workers)] if workers is not None else [])]
+        measured = watch(cmd, work / f"train{n}.log")
+        with open(out / "history.csv", newline="") as fh:
+            rows.append({**measured, "seconds": float(list(csv.DictReader(fh))[-1]["seconds"])})
+    images = 2 * steps * batch
+    return {"workers": "default" if workers is None else workers,
+            "peak_rss_gb": max(r["peak_rss_gb"] for r in rows), "peak_pss_gb": max(r["peak_pss_gb"] for r in rows),
+            "images_per_s": round(images / (rows[1]["seconds"] - rows[0]["seconds"]), 1),
+            "images_per_cpu_s": round(images / (rows[1]["cpu_s"] - rows[0]["cpu_s"]), 2)}
+
+
+def bare_step(batch: int, steps: int = 20) -> dict:
     import torch
 
     from marrowscope.model import create_network
@@ -89,10 +114,11 @@ def bare_step(batch: int, steps: int = 10) -> float:
 
     for _ in range(2):  # warm-up
         step()
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()  # process time: all its threads
     for _ in range(steps):
         step()
-    return batch * steps / (time.perf_counter() - t)
+    t, cpu = time.perf_counter() - t, time.process_time() - cpu
+    return {"images_per_s": round(batch * steps / t, 1), "images_per_cpu_s": round(batch * steps / cpu, 2)}
 
 
 def subset(tree_manifest: Path, n: int, path: Path) -> Path:
@@ -114,29 +140,38 @@ def subset(tree_manifest: Path, n: int, path: Path) -> Path:
     return path
 
 
+def measure_bare(batch: int) -> dict:
+    """The bare step in its own process: its images/s and the peak memory of that process."""
+    with tempfile.TemporaryDirectory() as d:
+        log = Path(d) / "bare.log"
+        bare = watch([sys.executable, __file__, "--tree", ".", "--bare-only", "--batch-size", str(batch)], log)
+        return {**bare, **json.loads(log.with_suffix(".out").read_text())}
+
+
 def main() -> None:
     from marrowscope.data import default_data_dir
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--tree", required=True, help="a synthetic tree of scripts/make_synthetic.py")
     ap.add_argument("--sizes", type=int, nargs="+", default=[17_000, 30_000, 170_000])
-    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--steps", type=int, default=15, help="the short run's steps (the long run: 3x)")
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--compare-workers", type=int, nargs="*", default=[2],
+                    help="also measure the first synthetic size with this many loader workers")
     ap.add_argument("--out", default="bench/train_scale.json")
     ap.add_argument("--bare-only", action="store_true", help=argparse.SUPPRESS)  # the bare step's own process
     a = ap.parse_args()
     if a.bare_only:
-        print(bare_step(a.batch_size))
+        print(json.dumps(bare_step(a.batch_size)))
         return
-    results = {"date": time.strftime("%Y-%m-%d"), "cores": os.cpu_count(), "steps": a.steps, "batch": a.batch_size,
-               "model": "tf_efficientnet_lite0 at 224 px, light augmentation, 2 loader workers", "rows": []}
-    with tempfile.TemporaryDirectory() as d:
-        log = Path(d) / "bare.log"
-        bare = watch([sys.executable, __file__, "--tree", ".", "--bare-only", "--batch-size", str(a.batch_size)], log)
-        results["bare_step"] = {**bare, "images_per_s": round(float(log.with_suffix(".out").read_text()), 1)}
-    print(f"bare step: {json.dumps(results['bare_step'])}", flush=True)
-    sets = [("bone-marrow-7 (in memory)", None)] + [(f"synthetic {n}", n) for n in a.sizes]
-    for name, n in sets:
+    results = {"date": time.strftime("%Y-%m-%d"), "cores": os.cpu_count(), "steps": [a.steps, 3 * a.steps],
+               "batch": a.batch_size, "model": "tf_efficientnet_lite0 at 224 px, light augmentation", "rows": []}
+    # the bare step before and after the training runs: the machine's drift shows in their difference
+    bare = [measure_bare(a.batch_size)]
+    print(f"bare step: {json.dumps(bare[0])}", flush=True)
+    sets = [("bone-marrow-7 (in memory)", None, None)] + [(f"synthetic {n}", n, None) for n in a.sizes]
+    sets += [(f"synthetic {a.sizes[0]}", a.sizes[0], w) for w in a.compare_workers]
+    for name, n, workers in sets:
         with tempfile.TemporaryDirectory() as d:
             work = Path(d)
             if n is None:  # the same shape of manifest: 10 validation images per class
@@ -146,10 +181,17 @@ def main() -> None:
                 manifest, images = subset(full, 3500, work / "subset.csv"), 3500
             else:
                 manifest, images = subset(Path(a.tree) / "manifest.csv", n, work / "subset.csv"), n
-            row = {"set": name, "images": images, **run(manifest, a.steps, a.batch_size, work)}
-        row["ratio_to_bare"] = round(row["images_per_s"] / results["bare_step"]["images_per_s"], 3)
+            row = {"set": name, "images": images, **run(manifest, a.steps, a.batch_size, work, workers)}
         results["rows"].append(row)
         print(json.dumps(row), flush=True)
+    bare.append(measure_bare(a.batch_size))
+    print(f"bare step: {json.dumps(bare[1])}", flush=True)
+    results["bare_step"] = {"runs": bare, **{k: round(sum(b[k] for b in bare) / 2, 2)
+                                              for k in ("images_per_s", "images_per_cpu_s")}}
+    for row in results["rows"]:
+        row["ratio_to_bare"] = round(row["images_per_s"] / results["bare_step"]["images_per_s"], 3)
+        # per CPU second: what the pipeline itself costs, whatever else the shared cores were doing
+        row["cpu_ratio_to_bare"] = round(row["images_per_cpu_s"] / results["bare_step"]["images_per_cpu_s"], 3)
     Path(a.out).write_text(json.dumps(results, indent=2))
 
 

@@ -35,6 +35,21 @@ def test_large_set_is_decoded_per_item_and_goes_past_broken_files(tmp_path, monk
     assert len(rows) == 2 and float(rows[-1]["images_per_s"]) > 0
 
 
+def test_loader_workers_none_on_the_cpu_and_the_free_cores_on_a_gpu(monkeypatch):
+    import os
+
+    from marrowscope.datasets import loader_workers
+
+    assert TrainConfig().workers is None  # train's default: chosen where it runs
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert loader_workers(None, on_gpu=False) == 0  # the step's own threads already use every core
+    assert loader_workers(None, on_gpu=True) == 8
+    assert loader_workers(None, on_gpu=True, processes_per_node=4) == 4  # DDP: the node's cores shared out
+    assert loader_workers(3, on_gpu=False) == 3 and loader_workers(0, on_gpu=True) == 0  # as asked
+    monkeypatch.setattr(os, "cpu_count", lambda: None)
+    assert loader_workers(None, on_gpu=True) == 1
+
+
 def test_small_sets_stay_in_memory_and_large_ones_do_not(tmp_path, monkeypatch):
     from marrowscope import datasets
     from marrowscope.data import scan_folder

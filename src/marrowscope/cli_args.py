@@ -84,9 +84,11 @@ def train_flags(s) -> None:
 
     d = TrainConfig()
     s.add_argument("--model", default=d.model, help="timm architecture name (default %(default)s)")
-    for name in ("img_size", "epochs", "batch_size", "seed", "patience", "workers", "devices", "num_nodes",
-                 "max_steps"):
+    for name in ("img_size", "epochs", "batch_size", "seed", "patience", "devices", "num_nodes", "max_steps"):
         s.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
+    s.add_argument("--workers", type=int, default=None,
+                   help="loader processes per training process (default: none on the CPU, where the step's own "
+                   "threads use every core; up to 8 on a GPU)")
     for name in ("lr", "weight_decay", "label_smoothing", "mixup", "drop_rate", "val", "test", "distill_weight"):
         s.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
     s.add_argument("--classes", type=classes_arg, default=d.classes)

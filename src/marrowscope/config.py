@@ -4,8 +4,7 @@ flags override them; the resolved config is saved into every run folder."""
 from __future__ import annotations
 
 import json
-import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Optional
 
@@ -49,7 +48,7 @@ class TrainConfig:
     test: float = TEST_FRACTION
     seed: int = 0
     patience: int = 10                # early stopping on val macro-F1
-    workers: int = field(default_factory=lambda: min(8, os.cpu_count() or 1))
+    workers: Optional[int] = None     # loader processes per training process; None: datasets.loader_workers
     accelerator: str = "auto"
     devices: int = 1
     num_nodes: int = 1

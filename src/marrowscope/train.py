@@ -33,7 +33,7 @@ from marrowscope.artifacts import save_model_folder
 from marrowscope.config import FIT_CHECK_IMAGES, TrainConfig
 from marrowscope.csvfiles import write_csv
 from marrowscope.data import count_table, format_skipped, format_table, load_samples
-from marrowscope.datasets import device_augmentation, make_loader, run_datasets
+from marrowscope.datasets import device_augmentation, loader_workers, make_loader, run_datasets
 from marrowscope.manifest import write_manifest
 from marrowscope.errors import MarrowscopeError
 from marrowscope.model import create_network
@@ -143,7 +143,7 @@ def fit(cfg: TrainConfig) -> Path:
                 data_root=_relative(cfg.data_root, out), out=".").save(out / "config_train.json")
         if samples is not None:  # shards: their own marrowscope_shards.json says what they hold
             write_manifest(samples, out / "manifest.csv")
-    workers = cfg.workers if cfg.devices * cfg.num_nodes == 1 else min(cfg.workers, 2)
+    workers = loader_workers(cfg.workers, _on_gpu(cfg), cfg.devices)
     loader = make_loader if samples is not None else shard_loader
     # weights_only: a checkpoint is data, and loading it must not run code
     trainer.fit(module, loader(train_ds, cfg.batch_size, workers, True),
