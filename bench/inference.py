@@ -1,11 +1,10 @@
-"""Inference and training-throughput benchmark. Prints a table and writes JSON.
+"""Inference benchmark. Prints a table and writes JSON (training throughput: bench/train_scale.py).
 
     python bench/inference.py [--model models/default] [--data ../shared/data/bone-marrow-7] [--out bench/results.json]
 
 Single image: file -> top-3 (decode, preprocess, model, softmax), median and p95 over --runs runs
 after warm-up, per backend. Folder: files -> CSV rows through Predictor.predict_many (threaded
-decoding overlapping inference), images/s. Training: forward+backward images/s on pre-loaded
-tensors against a training epoch's data pipeline feeding the same model. Run it on an idle machine.
+decoding overlapping inference), images/s. Run it on an idle machine.
 """
 
 from __future__ import annotations
@@ -45,43 +44,6 @@ def folder_throughput(pred, files):
     return len(files) / secs
 
 
-def training_throughput(model_dir, files, batch=32, steps=6):
-    from marrowscope.artifacts import load_model_folder
-    from marrowscope.data import Sample
-    from marrowscope.datasets import CellDataset, make_loader
-    from marrowscope.module import CellClassifier
-    from marrowscope.transforms import train_transform
-
-    net, info = load_model_folder(model_dir)
-    module = CellClassifier(net.train(), len(info.classes))
-    opt = torch.optim.AdamW(module.parameters(), lr=1e-4)
-    h, w = info.data_config["input_size"][1:]
-
-    def step(x, y):
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(module(x), y).backward()
-        opt.step()
-
-    x, y = torch.randn(batch, 3, h, w), torch.randint(0, len(info.classes), (batch,))
-    step(x, y)
-    t = time.perf_counter()
-    for _ in range(steps):
-        step(x, y)
-    bare = batch * steps / (time.perf_counter() - t)
-    ds = CellDataset([Sample(f, f.parent.name) for f in files[: batch * (steps + 1)]], info.classes,
-                     train_transform(info.data_config))
-    loader = make_loader(ds, batch, min(2, os.cpu_count() or 1), True)
-    it = iter(loader)
-    step(*next(it))
-    t = time.perf_counter()
-    n = 0
-    for xb, yb in it:
-        step(xb, yb)
-        n += len(xb)
-    piped = n / (time.perf_counter() - t)
-    return bare, piped
-
-
 def main():
     from marrowscope.artifacts import resolve_model_dir
     from marrowscope.data import default_data_dir
@@ -93,7 +55,6 @@ def main():
     ap.add_argument("--runs", type=int, default=60)
     ap.add_argument("--folder-images", type=int, default=350)
     ap.add_argument("--out", default="bench/results.json")
-    ap.add_argument("--skip-training", action="store_true")
     ap.add_argument("--backends", default="torch,onnx,onnx-int8", help="comma-separated subset to measure")
     a = ap.parse_args()
     data = Path(a.data) if a.data else default_data_dir()
@@ -118,11 +79,6 @@ def main():
                "folder_images_per_s": round(ips, 1), "folder_images": len(files)}
         out["rows"].append(row)
         print(json.dumps(row), flush=True)
-    if not a.skip_training:
-        bare, piped = training_throughput(model_dir, files)
-        out["training"] = {"bare_images_per_s": round(bare, 1), "pipeline_images_per_s": round(piped, 1),
-                           "ratio": round(piped / bare, 3)}
-        print(json.dumps(out["training"]))
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=2))
 

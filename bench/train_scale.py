@@ -8,9 +8,10 @@ Each size is the first N rows of the tree's manifest, with 10 validation images 
 of its val rows train). Speed is the steady state: each set trains twice, for S and 3S steps (both
 stop inside the first epoch, before validation), and the difference of the two epoch times gives the
 images/s of the 2S steps between, free of what both runs pay once (loader start, first batches). The
-bare step runs in its own process before and after the sets; the ratio is against their mean. On
-shared cores wall time drifts (the bare step alone has measured 3 to 14 images/s here within an
-hour), so the same is also reported per CPU second (user + system time of the process tree, loader
+bare step (2S steps) runs in its own process before the first set and after each, and each set's
+ratio is against the mean of the bare runs just before and just after it: on shared cores wall time
+drifts (the bare step alone has measured 3 to 14 images/s here within an hour), and neighbours in
+time drift least. The same is also reported per CPU second (user + system time of the process tree, loader
 workers included): a ratio of what the step costs to what the whole training run costs per image.
 Memory: the whole process tree (the training process and any loader workers), sampled every 0.2 s;
 RSS counts pages shared between forked workers once per process (an upper bound), PSS shares them
@@ -97,7 +98,7 @@ def run(manifest: Path, steps: int, batch: int, work: Path, workers: Optional[in
             "images_per_cpu_s": round(images / (rows[1]["cpu_s"] - rows[0]["cpu_s"]), 2)}
 
 
-def bare_step(batch: int, steps: int = 20) -> dict:
+def bare_step(batch: int, steps: int) -> dict:
     import torch
 
     from marrowscope.model import create_network
@@ -140,11 +141,12 @@ def subset(tree_manifest: Path, n: int, path: Path) -> Path:
     return path
 
 
-def measure_bare(batch: int) -> dict:
+def measure_bare(batch: int, steps: int) -> dict:
     """The bare step in its own process: its images/s and the peak memory of that process."""
     with tempfile.TemporaryDirectory() as d:
         log = Path(d) / "bare.log"
-        bare = watch([sys.executable, __file__, "--tree", ".", "--bare-only", "--batch-size", str(batch)], log)
+        bare = watch([sys.executable, __file__, "--tree", ".", "--bare-only", "--batch-size", str(batch),
+                      "--steps", str(steps)], log)
         return {**bare, **json.loads(log.with_suffix(".out").read_text())}
 
 
@@ -162,12 +164,11 @@ def main() -> None:
     ap.add_argument("--bare-only", action="store_true", help=argparse.SUPPRESS)  # the bare step's own process
     a = ap.parse_args()
     if a.bare_only:
-        print(json.dumps(bare_step(a.batch_size)))
+        print(json.dumps(bare_step(a.batch_size, a.steps)))
         return
     results = {"date": time.strftime("%Y-%m-%d"), "cores": os.cpu_count(), "steps": [a.steps, 3 * a.steps],
                "batch": a.batch_size, "model": "tf_efficientnet_lite0 at 224 px, light augmentation", "rows": []}
-    # the bare step before and after the training runs: the machine's drift shows in their difference
-    bare = [measure_bare(a.batch_size)]
+    bare = [measure_bare(a.batch_size, 2 * a.steps)]  # as many steps as the steady state of a set
     print(f"bare step: {json.dumps(bare[0])}", flush=True)
     sets = [("bone-marrow-7 (in memory)", None, None)] + [(f"synthetic {n}", n, None) for n in a.sizes]
     sets += [(f"synthetic {a.sizes[0]}", a.sizes[0], w) for w in a.compare_workers]
@@ -182,16 +183,15 @@ def main() -> None:
             else:
                 manifest, images = subset(Path(a.tree) / "manifest.csv", n, work / "subset.csv"), n
             row = {"set": name, "images": images, **run(manifest, a.steps, a.batch_size, work, workers)}
-        results["rows"].append(row)
-        print(json.dumps(row), flush=True)
-    bare.append(measure_bare(a.batch_size))
-    print(f"bare step: {json.dumps(bare[1])}", flush=True)
-    results["bare_step"] = {"runs": bare, **{k: round(sum(b[k] for b in bare) / 2, 2)
-                                              for k in ("images_per_s", "images_per_cpu_s")}}
-    for row in results["rows"]:
-        row["ratio_to_bare"] = round(row["images_per_s"] / results["bare_step"]["images_per_s"], 3)
+        bare.append(measure_bare(a.batch_size, 2 * a.steps))
+        near = {k: (bare[-2][k] + bare[-1][k]) / 2 for k in ("images_per_s", "images_per_cpu_s")}
+        row["bare_images_per_s"] = round(near["images_per_s"], 1)
+        row["ratio_to_bare"] = round(row["images_per_s"] / near["images_per_s"], 3)
         # per CPU second: what the pipeline itself costs, whatever else the shared cores were doing
-        row["cpu_ratio_to_bare"] = round(row["images_per_cpu_s"] / results["bare_step"]["images_per_cpu_s"], 3)
+        row["cpu_ratio_to_bare"] = round(row["images_per_cpu_s"] / near["images_per_cpu_s"], 3)
+        results["rows"].append(row)
+        print(json.dumps(row), f"\nbare step: {json.dumps(bare[-1])}", flush=True)
+    results["bare_step_runs"] = bare
     Path(a.out).write_text(json.dumps(results, indent=2))
 
 

@@ -1,14 +1,26 @@
 #!/usr/bin/env bash
-# GPU training speed through the device tool (carried: .devdata/bm7_speed.tar, .devdata/speed.csv, .devdata/whl):
-# bare forward+backward images/s, then `marrowscope train` epochs of ReXNet-150 with 14 loader workers.
-#   WORK=DIR scripts/gpu_speed.sh   # scratch folder for the wheels, images and run (default: .gpuwork)
+# Issue 13 on one GPU: a single training run's end-to-end images/s against the bare step, for
+# ReXNet-150 and EfficientNet-Lite0, with the lab recipe batched on the GPU (--augment-on device).
+# Carried in .devdata/ (as for scripts/cv_distill_gpu.sh): bm7.tar, manifest.csv, whl/ (timm).
+#   WORK=DIR bash scripts/gpu_speed.sh   # scratch folder for the wheels, images and runs (default: .gpuwork)
+# Prints the bare step (bench/train_speed.py: bf16, channels_last, as train uses on a GPU) and, per
+# network, each epoch's images/s from the run's history.csv: epoch 1 pays for the start (cuDNN
+# autotuning, workers starting), so compare the later epochs. About 4 minutes on an H100.
 set -u
 WORK=${WORK:-.gpuwork}
+BS=${BS:-128}
 mkdir -p "$WORK/site" "$WORK/bm7"
-python3 -m pip install -q --no-index --no-deps --target "$WORK/site" .devdata/whl/*.whl && \
-  export PYTHONPATH=$(cd "$WORK/site" && pwd):$PWD/src
-tar -xf .devdata/bm7_speed.tar -C "$WORK/bm7"
-python3 bench/train_speed.py --models rexnet_150 tf_efficientnet_lite0 --batch 128 --steps 30
-python3 -m marrowscope train .devdata/speed.csv --data-root "$WORK/bm7" --out "$WORK/run" --model rexnet_150 \
-  --epochs 6 --batch-size 128 --workers 14 --patience 100 > "$WORK/train.log" 2>&1
-grep "^epoch" "$WORK/train.log"; cat "$WORK/run/history.csv"
+WORK=$(cd "$WORK" && pwd)
+python3 -m pip install -q --no-index --no-deps --target "$WORK/site" .devdata/whl/*.whl
+export PYTHONPATH=$WORK/site:$PWD/src
+tar -xf .devdata/bm7.tar -C "$WORK/bm7"
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+python3 bench/train_speed.py --models rexnet_150 tf_efficientnet_lite0 --batch "$BS" --steps 30
+for net in rexnet_150 tf_efficientnet_lite0; do
+  python3 -m marrowscope train .devdata/manifest.csv --data-root "$WORK/bm7" --out "$WORK/run_$net" \
+    --model "$net" --img-size 224 --epochs 4 --batch-size "$BS" --augment lab --augment-on device \
+    --patience 100 --no-checks > "$WORK/train_$net.log" 2>&1 || { tail -20 "$WORK/train_$net.log"; continue; }
+  echo "$net end to end (history.csv: epoch, images_per_s):"
+  python3 -c "import csv, sys; [print(r['epoch'], r['images_per_s']) for r in csv.DictReader(open(sys.argv[1]))]" \
+    "$WORK/run_$net/history.csv"
+done

@@ -46,7 +46,8 @@ def main() -> None:
     r = {"oof": a.oof, "setting": key, **held_out(views, y, folds, classes, key)}
     print(f"{key}: blast catch {r['blast_catch']:.3f} ({r['blasts_missed_unflagged']} of {r['blasts']} "
           f"missed, {r['blasts_accepted_as_other']} accepted as another type); accepted {r['accepted_share']:.3f} "
-          f"at {r['accepted_accuracy']:.3f}; blast thresholds " + ", ".join(f"{t['blast']:.3f}" for t in r["thresholds"]))
+          f"at {r['accepted_accuracy']:.3f}; blast thresholds "
+          + ", ".join(f"{t['blast']:.3f}" for t in r["thresholds"]))
     if a.out:
         with open(a.out, "w") as fh:
             json.dump(r, fh, indent=2)

@@ -5,6 +5,7 @@ import csv
 import json
 
 import pytest
+import torch
 
 from marrowscope.config import TrainConfig
 from tests.conftest import make_dataset
@@ -45,6 +46,8 @@ def test_loader_workers_none_on_the_cpu_and_the_free_cores_on_a_gpu(monkeypatch)
     assert loader_workers(None, on_gpu=False) == 0  # the step's own threads already use every core
     assert loader_workers(None, on_gpu=True) == 8
     assert loader_workers(None, on_gpu=True, processes_per_node=4) == 4  # DDP: the node's cores shared out
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    assert loader_workers(None, on_gpu=True, processes_per_node=-1) == 2  # --devices -1: every GPU of the node
     assert loader_workers(3, on_gpu=False) == 3 and loader_workers(0, on_gpu=True) == 0  # as asked
     monkeypatch.setattr(os, "cpu_count", lambda: None)
     assert loader_workers(None, on_gpu=True) == 1

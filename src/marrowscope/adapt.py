@@ -112,7 +112,7 @@ def _fine_tune(model_dir: Path, cells: list[Sample], classes: list[str], data_co
     from marrowscope.transforms import train_transform
 
     net, _ = load_model_folder(model_dir)
-    ds = CellDataset(cells, classes, train_transform(data_config, "lab"), workers=workers)
+    ds = CellDataset(cells, classes, train_transform(data_config, "lab"))
     module = CellClassifier(net, len(classes), lr=lr)
     trainer = L.Trainer(max_epochs=epochs, accelerator="auto", devices=1, logger=False, enable_checkpointing=False,
                         limit_val_batches=0, num_sanity_val_steps=0, enable_model_summary=False,

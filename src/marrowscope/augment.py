@@ -5,6 +5,9 @@ Why each: stain batches and protocols shift haematoxylin/eosin-like absorbance (
 plasma and marrow backgrounds differ in tint (background tint); labs image at other
 magnifications, so a cell is zoomed in and out, with the frame filled by mirrored surroundings
 rather than black (scale jitter); focus and JPEG settings vary between scanners (blur, JPEG).
+Brightness, contrast, saturation and hue (:class:`ColourJitter`, also in the light recipe) are one
+affine map of RGB per image, built by :func:`colour_matrices` for this PIL path and for the batched
+one (:mod:`marrowscope.augment_batch`) alike.
 """
 
 from __future__ import annotations
@@ -13,12 +16,56 @@ import io
 import random
 
 import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image, ImageFilter, ImageStat
 
 # Ruifrok & Johnston's stain vectors (haematoxylin, eosin, DAB), rows of optical density per RGB channel.
 _HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
 _HED /= np.linalg.norm(_HED, axis=1, keepdims=True)
 _HED_INV = np.linalg.inv(_HED)
+# Luma weights (ITU-R 601: PIL's "L" and torchvision's grayscale use the same) and YIQ, whose I-Q
+# plane holds hue: turning it shifts hue and keeps luma. Gray (1, 1, 1) maps to (1, 0, 0) in YIQ.
+_GRAY = np.array([0.299, 0.587, 0.114])
+_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_YIQ_INV = np.linalg.inv(_YIQ)
+
+
+def colour_matrices(brightness, contrast, saturation, hue) -> tuple[np.ndarray, np.ndarray]:
+    """Per image, its colour jitter as one affine map of RGB in 0-1, from [N] factors in ColorJitter's
+    order and meaning: (matrices [N, 3, 3], offsets [N]); image i maps each pixel p to
+    ``matrices[i] @ p + offsets[i] * gray_i`` on every channel, where gray_i is the image's mean
+    gray (luma) before the jitter.
+
+    Brightness scales; contrast blends with the image's mean gray (after brightness); saturation
+    blends each pixel with its own gray; hue turns the I-Q plane of YIQ by ``hue`` turns (0.04: 14
+    degrees, the same direction as torchvision's hue). Saturation and hue keep gray gray, so
+    contrast's offset passes through them unchanged. One map instead of four passes: torchvision's
+    ColorJitter (its hue step an HSV round trip) cost 3.8 ms per 224-px image on this CPU; this
+    0.7 ms. Unlike ColorJitter the order is fixed and values are clipped once, at the end.
+    """
+    b, c, s, h = (np.asarray(v, dtype=np.float64).reshape(-1, 1, 1) for v in (brightness, contrast, saturation, hue))
+    angle = -2 * np.pi * h[:, 0, 0]  # YIQ's positive turn is torchvision's negative hue
+    turn = np.zeros((len(angle), 3, 3))
+    turn[:, 0, 0] = 1
+    cos, sin = np.cos(angle), np.sin(angle)
+    turn[:, 1, 1], turn[:, 1, 2], turn[:, 2, 1], turn[:, 2, 2] = cos, -sin, sin, cos
+    sat = s * np.eye(3) + (1 - s) * _GRAY  # (1 - s) times every row's pixel gray
+    return _YIQ_INV @ turn @ _YIQ @ sat * (b * c), ((1 - c) * b)[:, 0, 0]
+
+
+class ColourJitter:
+    """Brightness, contrast and saturation factors drawn from [1 - x, 1 + x] and a hue turn from
+    [-hue, hue], per image, applied as one colour matrix (:func:`colour_matrices`) by PIL."""
+
+    def __init__(self, brightness: float = 0.25, contrast: float = 0.25, saturation: float = 0.25,
+                 hue: float = 0.04):
+        self.brightness, self.contrast, self.saturation, self.hue = brightness, contrast, saturation, hue
+
+    def __call__(self, im: Image.Image) -> Image.Image:
+        factors = [random.uniform(1 - x, 1 + x) for x in (self.brightness, self.contrast, self.saturation)]
+        matrix, offset = colour_matrices(*factors, random.uniform(-self.hue, self.hue))
+        gray = ImageStat.Stat(im.convert("L")).mean[0]  # in pixel values, as PIL's offsets are
+        rows = np.concatenate([matrix[0], np.full((3, 1), offset[0] * gray)], 1)
+        return im.convert("RGB", tuple(rows.flatten().tolist()))  # rounds and clips to 0-255
 
 
 class HEDJitter:

@@ -19,11 +19,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from marrowscope.augment import _HED, _HED_INV
-
-# YIQ: hue is an angle in the I-Q plane (a rotation there shifts hue, keeping luma and chroma)
-_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
-_GRAY = torch.tensor([0.299, 0.587, 0.114])
+from marrowscope.augment import _GRAY, _HED, _HED_INV, colour_matrices
 
 
 def _uniform(n: int, lo: float, hi: float, device) -> torch.Tensor:
@@ -101,24 +97,15 @@ class BatchLabAugment:
         return (x + bright * tint).clamp(0, 1)
 
     def colour(self, x: torch.Tensor) -> torch.Tensor:
-        """Brightness, contrast, saturation and hue factors drawn per image, as ColorJitter does."""
+        """Brightness, contrast, saturation and hue drawn per image, as one colour matrix each: the
+        per-image recipe's map (:func:`marrowscope.augment.colour_matrices`; drawn on the CPU, 3x3 each)."""
         n, dev = len(x), x.device
-        gray_w = _GRAY.to(dev).view(1, 3, 1, 1)
-        b = _uniform(n, 1 - self.color, 1 + self.color, dev).view(n, 1, 1, 1)
-        x = (x * b).clamp(0, 1)
-        c = _uniform(n, 1 - self.color, 1 + self.color, dev).view(n, 1, 1, 1)
-        m = (x * gray_w).sum(1, keepdim=True).mean((2, 3), keepdim=True)
-        x = ((x - m) * c + m).clamp(0, 1)
-        s = _uniform(n, 1 - self.saturation, 1 + self.saturation, dev).view(n, 1, 1, 1)
-        g = (x * gray_w).sum(1, keepdim=True)
-        x = ((x - g) * s + g).clamp(0, 1)
-        angle = _uniform(n, -self.hue, self.hue, dev) * 2 * math.pi
-        yiq = _YIQ.to(dev)
-        rot = torch.zeros(n, 3, 3, device=dev)
-        rot[:, 0, 0] = 1
-        rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = angle.cos(), -angle.sin(), angle.sin(), angle.cos()
-        m3 = torch.linalg.inv(yiq) @ rot @ yiq  # [n, 3, 3], RGB -> RGB
-        return torch.einsum("ncd,ndhw->nchw", m3, x).clamp(0, 1)
+        matrix, offset = (torch.as_tensor(a, dtype=x.dtype).to(dev) for a in colour_matrices(
+            *(_uniform(n, 1 - f, 1 + f, "cpu") for f in (self.color, self.color, self.saturation)),
+            _uniform(n, -self.hue, self.hue, "cpu")))
+        gray = torch.einsum("nchw,c->n", x, torch.as_tensor(_GRAY, dtype=x.dtype, device=dev)) / x[0, 0].numel()
+        out = torch.einsum("ncd,ndhw->nchw", matrix, x) + (offset * gray).view(n, 1, 1, 1)
+        return out.clamp(0, 1)
 
     def blur_or_jpeg(self, x: torch.Tensor) -> torch.Tensor:
         """Gaussian blur for a fifth of the images, JPEG re-compression for another fifth."""

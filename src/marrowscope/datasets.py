@@ -38,12 +38,13 @@ class CellDataset(Dataset):
     With ``raw_size`` S an item is the whole field as uint8 [3, S, S] (the centre square, resized
     once), for augmentation of whole batches on the device (:mod:`marrowscope.augment_batch`);
     otherwise ``transform`` makes it a tensor. With ``soft`` ({sample.rel: probabilities}), an item
-    also carries its soft target (distillation).
+    also carries its soft target (distillation). ``decode_threads`` (default: one per core) decode
+    the in-memory cache.
     """
 
     def __init__(self, samples: Sequence[Sample], classes: Sequence[str], transform: Optional[Callable],
-                 workers: int = 4, raw_size: Optional[int] = None, soft: Optional[dict] = None,
-                 cache: Optional[bool] = None):
+                 raw_size: Optional[int] = None, soft: Optional[dict] = None, cache: Optional[bool] = None,
+                 decode_threads: Optional[int] = None):
         import multiprocessing
 
         self.classes = list(classes)
@@ -56,7 +57,7 @@ class CellDataset(Dataset):
             CACHE_BUDGET_BYTES
         self.failed = multiprocessing.Value("i", 0)  # shared with the loader's worker processes
         if self.cache:
-            with ThreadPoolExecutor(max(1, workers)) as pool:
+            with ThreadPoolExecutor(decode_threads or os.cpu_count() or 1) as pool:  # PIL decodes without the GIL
                 loaded = list(pool.map(self._decode, samples))
             self.samples = [s for s, x in zip(samples, loaded) if not isinstance(x, str)]
             self.images = [x for x in loaded if not isinstance(x, str)]
@@ -169,11 +170,16 @@ def loader_workers(requested: Optional[int], on_gpu: bool, processes_per_node: i
     2 cores (Lite0, 224 px, batch 16; ``bench/train_scale.py``): peak RSS of the process tree 2.6 GB
     at 17,000-30,000 images and 2.7 GB at 170,000 without workers, 3.8 GB with two; images/s within
     the machine's run-to-run spread either way (8.6 vs 9.4 in one pair of runs, 10.9 vs 8.3 in another).
-    On a GPU the cores are free to decode and augment.
+    On a GPU the cores are free to decode and augment. ``processes_per_node`` -1 (Lightning's "every
+    GPU") counts the GPUs.
     """
     if requested is not None:
         return requested
-    return max(1, min(8, (os.cpu_count() or 1) // processes_per_node)) if on_gpu else 0
+    if not on_gpu:
+        return 0
+    if processes_per_node < 1:
+        processes_per_node = max(1, torch.cuda.device_count())
+    return max(1, min(8, (os.cpu_count() or 1) // processes_per_node))
 
 
 def make_loader(ds: Dataset, batch_size: int, workers: int, shuffle: bool) -> DataLoader:
@@ -218,8 +224,7 @@ def run_datasets(cfg, samples: Optional[list], data_config: dict, raw: bool = Fa
         meta = read_meta(cfg.data, cfg.classes)
         return [shard_dataset(cfg.data, sp, cfg.classes, t, size, sp == "train") if meta["images"].get(sp) else []
                 for sp, t in transforms.items()]
-    datasets = [CellDataset([s for s in samples if s.split == sp], cfg.classes, t, workers=os.cpu_count() or 1,
-                            raw_size=size, soft=soft if sp == "train" else None)
+    datasets = [CellDataset([s for s in samples if s.split == sp], cfg.classes, t, raw_size=size, soft=soft if sp == "train" else None)
                 for sp, t in transforms.items()]
     for ds in datasets:
         if ds.skipped:

@@ -104,21 +104,21 @@ def train_transform(data_config: dict, augment: str = "light", *, scale: tuple[f
     ``lab``: also what differs between laboratories (:mod:`marrowscope.augment`): zoom in and out
     with mirrored fill, stain (HED) jitter, background tint, stronger colour jitter, blur and JPEG.
     """
-    from marrowscope.augment import BackgroundTint, BlurOrJpeg, HEDJitter, ScaleJitter
+    from marrowscope.augment import BackgroundTint, BlurOrJpeg, ColourJitter, HEDJitter, ScaleJitter
 
     if augment not in AUGMENTATIONS:
         raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {augment!r}")
     size = tuple(data_config["input_size"][1:])
     lab = augment == "lab"
-    # Geometry and colour run on the PIL image (SIMD resize, fast HSV) before the tensor
-    # conversion: on tensors the hue jitter alone costs several ms per image.
+    # Geometry and colour run on the PIL image (SIMD resize; colour as one matrix) before the
+    # tensor conversion: on tensors the hue jitter alone costs several ms per image.
     steps = [ScaleJitter((0.6, 1.25)), HEDJitter(), BackgroundTint()] if lab else []
     steps += [
         v2.RandomResizedCrop(size, scale=(0.85, 1.0) if lab else scale, ratio=(0.85, 1.18), antialias=True,
                              interpolation=v2.InterpolationMode.BICUBIC),
         v2.RandomHorizontalFlip(),
         RandomRot90(),
-        v2.ColorJitter(brightness=color, contrast=color, saturation=color + 0.1 * lab, hue=hue + 0.02 * lab),
+        ColourJitter(brightness=color, contrast=color, saturation=color + 0.1 * lab, hue=hue + 0.02 * lab),
     ]
     steps += [BlurOrJpeg()] if lab else []
     return v2.Compose([*steps, v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True),
