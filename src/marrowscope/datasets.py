@@ -224,7 +224,8 @@ def run_datasets(cfg, samples: Optional[list], data_config: dict, raw: bool = Fa
         meta = read_meta(cfg.data, cfg.classes)
         return [shard_dataset(cfg.data, sp, cfg.classes, t, size, sp == "train") if meta["images"].get(sp) else []
                 for sp, t in transforms.items()]
-    datasets = [CellDataset([s for s in samples if s.split == sp], cfg.classes, t, raw_size=size, soft=soft if sp == "train" else None)
+    datasets = [CellDataset([s for s in samples if s.split == sp], cfg.classes, t, raw_size=size,
+                            soft=soft if sp == "train" else None)
                 for sp, t in transforms.items()]
     for ds in datasets:
         if ds.skipped:
