@@ -4,8 +4,9 @@
 # Carried in .devdata/ (as for scripts/cv_distill_gpu.sh): bm7.tar, manifest.csv, whl/ (timm).
 #   WORK=DIR bash scripts/gpu_speed.sh   # scratch folder for the wheels, images and runs (default: .gpuwork)
 # Prints the bare step (bench/train_speed.py: bf16, channels_last, as train uses on a GPU) and, per
-# network, each epoch's images/s from the run's history.csv: epoch 1 pays for the start (cuDNN
-# autotuning, workers starting), so compare the later epochs. About 4 minutes on an H100.
+# network, each epoch's images/s, seconds and data_wait_s from the run's history.csv: epoch 1 pays for
+# the start (cuDNN autotuning, workers starting), so compare the later epochs. An epoch's seconds
+# include its validation. Not yet run in this form (written 2026-11-28 without a GPU).
 set -u
 WORK=${WORK:-.gpuwork}
 BS=${BS:-128}
@@ -20,7 +21,7 @@ for net in rexnet_150 tf_efficientnet_lite0; do
   python3 -m marrowscope train .devdata/manifest.csv --data-root "$WORK/bm7" --out "$WORK/run_$net" \
     --model "$net" --img-size 224 --epochs 4 --batch-size "$BS" --augment lab --augment-on device \
     --patience 100 --no-checks > "$WORK/train_$net.log" 2>&1 || { tail -20 "$WORK/train_$net.log"; continue; }
-  echo "$net end to end (history.csv: epoch, images_per_s):"
-  python3 -c "import csv, sys; [print(r['epoch'], r['images_per_s']) for r in csv.DictReader(open(sys.argv[1]))]" \
-    "$WORK/run_$net/history.csv"
+  echo "$net end to end (history.csv: epoch, images_per_s, seconds, data_wait_s):"
+  python3 -c "import csv, sys; [print(r['epoch'], r['images_per_s'], r['seconds'], r['data_wait_s'])
+    for r in csv.DictReader(open(sys.argv[1]))]" "$WORK/run_$net/history.csv"
 done

@@ -26,6 +26,7 @@ def test_run_folder_contents(tiny_run):
     assert list(rows[0]) == HISTORY_FIELDS
     assert all(0 <= float(r[k]) <= 1 for r in rows for k in ("train_acc", "train_f1", "val_acc", "val_f1"))
     assert all(float(r["train_loss"]) > 0 for r in rows)
+    assert all(0 < float(r["data_wait_s"]) < float(r["seconds"]) for r in rows)
     best = max(float(r["val_f1"]) for r in rows)
     assert info.extra["best_val_f1"] == pytest.approx(best, abs=1e-3)  # best epoch by val macro-F1 was kept
     assert json.loads((tiny_run / "config_train.json").read_text())["model"] == "test_efficientnet"
@@ -102,3 +103,28 @@ def test_saved_files_hold_no_absolute_paths(tiny_run):
 
     # the model folder's manifest reads from where it lies
     assert all(s.path.exists() for s in read_manifest(tiny_run / "model" / "manifest.csv"))
+
+
+def test_epoch_log_counts_the_wait_between_steps_not_the_steps(monkeypatch, tmp_path):
+    import time
+    from types import SimpleNamespace
+
+    import torch
+
+    from marrowscope.train import EpochLog
+
+    # epoch start 0; batch 1 fetched by 1.0, its step to 3.0; batch 2 by 3.5, its step to 6.0; epoch end 6.0
+    clock = [0.0, 1.0, 3.0, 3.5, 6.0, 6.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: clock.pop(0))
+    logged = {}
+    module = SimpleNamespace(log_dict=lambda values, **_: logged.update(values))
+    trainer = SimpleNamespace(is_global_zero=False, logger=None, world_size=1,
+                              optimizers=[SimpleNamespace(param_groups=[{"lr": 0.1}])])
+    log = EpochLog(tmp_path / "history.csv")
+    log.on_train_epoch_start(trainer, module)
+    for i in range(2):
+        log.on_train_batch_start(trainer, module, None, i)
+        log.on_train_batch_end(trainer, module, None, (torch.zeros(4, 3), torch.zeros(4)), i)
+    log.on_train_epoch_end(trainer, module)
+    assert logged["data_wait_s"] == pytest.approx(1.5) and logged["seconds"] == pytest.approx(6.0)
+    assert logged["images_per_s"] == pytest.approx(8 / 6)

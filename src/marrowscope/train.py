@@ -5,7 +5,8 @@ Run folder layout::
 
     runs/NAME/
       model/              the model folder (weights, config.json) + copies of the reports below
-      history.csv         per epoch: train/val loss, accuracy, macro-F1, learning rate, seconds
+      history.csv         per epoch: train/val loss, accuracy, macro-F1, learning rate, seconds,
+                          images/s, and seconds spent waiting for batches (data_wait_s)
       logs/version_N/     Lightning's CSVLogger (metrics.csv), one per run or resume: history.csv's source
       curves.png          loss, accuracy and F1 per epoch
       config_train.json   the resolved TrainConfig
@@ -42,12 +43,18 @@ from marrowscope.module import CellClassifier
 from marrowscope.transforms import data_config_for
 
 HISTORY_FIELDS = ["epoch", "train_loss", "train_acc", "train_f1", "val_loss", "val_acc", "val_f1", "lr",
-                  "seconds", "images_per_s"]
+                  "seconds", "images_per_s", "data_wait_s"]
 
 
 class EpochLog(Callback):
-    """Per epoch: log its seconds, images/s and learning rate; turn Lightning's CSVLogger file into
-    history.csv (one row per epoch) and print each finished epoch's line.
+    """Per epoch: log its seconds, images/s, learning rate and ``data_wait_s``; turn Lightning's
+    CSVLogger file into history.csv (one row per epoch) and print each finished epoch's line.
+
+    ``data_wait_s`` is the time between one training step's end (or the epoch's start) and the next
+    step's start: the loader handing over the next batch, plus Lightning's bookkeeping. Measured
+    inside the run, it says how much the data pipeline costs against the steps themselves, which a
+    comparison of separate runs cannot on shared cores (two runs of one set differ by 15% there). On
+    a GPU the steps run asynchronously, so there it is an upper bound.
 
     Lightning writes an epoch's training metrics after the epoch-end hooks, so an epoch is
     published when the next one starts, and the last at the end of training.
@@ -55,18 +62,25 @@ class EpochLog(Callback):
 
     def __init__(self, path: Path):
         self.path, self._t0, self._seen, self._printed = path, 0.0, 0, 0
+        self._wait, self._last = 0.0, 0.0
 
     def on_train_epoch_start(self, trainer, pl_module):
         self._publish(trainer)
-        self._t0, self._seen = time.perf_counter(), 0
+        self._t0 = self._last = time.perf_counter()
+        self._seen, self._wait = 0, 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._wait += time.perf_counter() - self._last
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self._seen += len(batch[0])  # images of this rank (a run cut by --max-steps ends mid-epoch)
+        self._last = time.perf_counter()
 
     def on_train_epoch_end(self, trainer, pl_module):
         secs = time.perf_counter() - self._t0
         pl_module.log_dict({"seconds": secs, "images_per_s": self._seen * trainer.world_size / secs,
-                            "lr": trainer.optimizers[0].param_groups[0]["lr"]}, sync_dist=True)
+                            "data_wait_s": self._wait, "lr": trainer.optimizers[0].param_groups[0]["lr"]},
+                           sync_dist=True)
 
     def on_train_end(self, trainer, pl_module):
         self._publish(trainer)
@@ -102,7 +116,8 @@ def history_rows(metrics_csvs: list[Path]) -> list[dict]:
                     by_epoch.setdefault(int(float(r["epoch"])) + 1, {}).update(
                         {k: round(float(v), 5) for k, v in r.items() if k in HISTORY_FIELDS[1:] and v != ""})
     # a run without validation images has no val_* columns: they stay empty (NaN)
-    need = {f for f in HISTORY_FIELDS[1:] if not f.startswith("val_")}
+    # data_wait_s is not required: a run resumed from one made before it was logged keeps its epochs
+    need = {f for f in HISTORY_FIELDS[1:] if not f.startswith("val_") and f != "data_wait_s"}
     return [{"epoch": e, **{f: float("nan") for f in HISTORY_FIELDS[1:]}, **row}
             for e, row in sorted(by_epoch.items()) if need <= set(row)]
 
