@@ -53,7 +53,7 @@ class EpochLog(Callback):
     ``data_wait_s`` is the time between one training step's end (or the epoch's start) and the next
     step's start: the loader handing over the next batch, plus Lightning's bookkeeping. Measured
     inside the run, it says how much the data pipeline costs against the steps themselves, which a
-    comparison of separate runs cannot on shared cores (two runs of one set differ by 15% there). On
+    comparison of separate runs cannot on shared cores (repeats of one run varied by up to 25% here). On
     a GPU the steps run asynchronously, so there it is an upper bound.
 
     Lightning writes an epoch's training metrics after the epoch-end hooks, so an epoch is
