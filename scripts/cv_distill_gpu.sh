@@ -10,10 +10,13 @@
 # and whl/ (timm). Results come back as bundle.tar.aa, .ab ... (cat, then untar); the out-of-fold
 # predictions used for the review policy are recomputed on the CPU on the original images.
 #   DRY=1 OUT=runs/dry scripts/cv_distill_gpu.sh   # a rehearsal on the CPU: tiny images, one epoch
+#   AUGMENT=lab-sharp scripts/cv_distill_gpu.sh      # the recipe with sharpening (README, "What still throws
+#                                                    # the model off"): its out-of-fold blasts decide it
 # The rehearsal reads ROOT (default ../shared/data/bone-marrow-7) through MANIFEST (default: 13 images
 # per class of ROOT, prepared into $WORK/small.csv).
 set -u
 OUT=${OUT:-runs/gpu}
+AUGMENT=${AUGMENT:-lab}
 WORK=${WORK:-.gpuwork}
 mkdir -p "$OUT" "$WORK"
 WORK=$(cd "$WORK" && pwd)
@@ -35,7 +38,7 @@ else
 fi
 $PY -c "import torch, timm, lightning; print('torch', torch.__version__, 'timm', timm.__version__, 'lightning', lightning.__version__, 'cuda', torch.cuda.is_available())"
 REC="--model tf_efficientnet_lite0 --init-weights .devdata/lite0_in1k_nohead_fp16.safetensors --img-size $SIZE
-  --augment lab --augment-on device --batch-size $BS --lr 1.5e-3 --epochs $EP --workers $WK --half --max-time $MAXT
+  --augment $AUGMENT --augment-on device --batch-size $BS --lr 1.5e-3 --epochs $EP --workers $WK --half --max-time $MAXT
   --data-root $ROOT --folds $FOLDS"
 stage() {  # name extra-args...: the folds side by side, then the out-of-fold predictions
   local name=$1; shift

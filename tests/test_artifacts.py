@@ -87,3 +87,30 @@ def _edit(path, change):
     cfg = json.loads((path / "config.json").read_text())
     change(cfg)
     (path / "config.json").write_text(json.dumps(cfg))
+
+
+def test_average_weights_script_gives_the_mean_of_like_models(tiny_model, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from marrowscope.artifacts import load_model_folder, save_model_folder
+
+    net, info = load_model_folder(tiny_model)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)
+    save_model_folder(net, tmp_path / "plus1", info.classes, info.data_config)
+    save_model_folder(net, tmp_path / "other", list(reversed(info.classes)), info.data_config)
+    script = Path(__file__).parents[1] / "scripts" / "average_weights.py"
+    subprocess.run([sys.executable, str(script), str(tmp_path / "avg"), str(tiny_model), str(tmp_path / "plus1")],
+                   check=True, capture_output=True)
+    avg, avg_info = load_model_folder(tmp_path / "avg")
+    assert avg_info.classes == info.classes
+    params = dict(avg.named_parameters())
+    for name, p in params.items():
+        assert torch.allclose(p, before[name] + 0.5, atol=2e-2), name  # stored as float16
+    bad = subprocess.run([sys.executable, str(script), str(tmp_path / "bad"), str(tiny_model), str(tmp_path / "other")],
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "only like models average" in bad.stderr and "Traceback" not in bad.stderr

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from marrowscope.augment import BackgroundTint, BlurOrJpeg, ColourJitter, HEDJitter, ScaleJitter, colour_matrices
+from marrowscope.augment import BackgroundTint, ColourJitter, FocusOrJpeg, HEDJitter, ScaleJitter, colour_matrices
 from marrowscope.transforms import train_transform
 from tests.conftest import synthetic_cell
 
@@ -44,11 +44,24 @@ def test_background_tint_leaves_the_stained_cell():
     assert corner > centre
 
 
-def test_blur_or_jpeg_keeps_size_and_mode():
+def _laplacian_variance(im) -> float:
+    g = np.asarray(im.convert("L"), dtype=np.float64)
+    return float((4 * g[1:-1, 1:-1] - g[:-2, 1:-1] - g[2:, 1:-1] - g[1:-1, :-2] - g[1:-1, 2:]).var())
+
+
+def test_focus_or_jpeg_blurs_and_sharpens():
+    """Both directions of focus (lab-sharp): a recipe with blur only taught the model that
+    crisper-than-usual detail means a blast (other-lab lymphocytes)."""
     im = synthetic_cell(2, 4, size=64)
-    for _ in range(10):
-        out = BlurOrJpeg(p=1)(im)
-        assert out.size == im.size and out.mode == "RGB"
+    random.seed(0)
+    outs = [FocusOrJpeg(amount=(0.5, 2.0), p=1)(im) for _ in range(30)]
+    assert all(o.size == im.size and o.mode == "RGB" for o in outs)
+    ratios = [_laplacian_variance(o) / _laplacian_variance(im) for o in outs]
+    assert min(ratios) < 0.7 and max(ratios) > 1.3, ratios  # some blurred, some sharpened
+    assert FocusOrJpeg(p=0)(im) is im
+    # without an amount (the lab recipe): blur or JPEG only, nothing comes out crisper
+    plain = [_laplacian_variance(FocusOrJpeg(p=1)(im)) / _laplacian_variance(im) for _ in range(30)]
+    assert max(plain) < 1.1, plain
 
 
 def test_lab_recipe_gives_normalised_tensors():

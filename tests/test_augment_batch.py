@@ -6,9 +6,10 @@ import random
 import numpy as np
 import pytest
 import torch
+from PIL import Image, ImageFilter
 from scipy.stats import ks_2samp
 
-from marrowscope.augment_batch import BatchLabAugment
+from marrowscope.augment_batch import BatchLabAugment, _gaussian_blur
 from marrowscope.transforms import train_transform
 from tests.conftest import synthetic_cell
 
@@ -60,3 +61,26 @@ def test_batched_output_shape_range_and_plain_view(cells):
     plain = aug.plain(raw[:2])
     assert torch.equal(plain, aug.plain(raw[:2]))  # validation view: no randomness
     assert not torch.equal(aug(raw[:2]), aug(raw[:2]))
+
+
+def test_batched_focus_blurs_and_sharpens(cells):
+    _, raw = cells
+    x = raw[:16].float() / 255.0
+
+    def lap_var(t):
+        g = t.mean(1)
+        return (4 * g[:, 1:-1, 1:-1] - g[:, :-2, 1:-1] - g[:, 2:, 1:-1] - g[:, 1:-1, :-2] - g[:, 1:-1, 2:]).var((1, 2))
+
+    torch.manual_seed(0)
+    sharpening = BatchLabAugment(SIZE, (0,) * 3, (1,) * 3, amount=(0.5, 2.0), p_focus_jpeg=1.0)
+    ratios = lap_var(sharpening.focus_or_jpeg(x)) / lap_var(x)
+    assert ratios.min() < 0.7 and ratios.max() > 1.3, ratios
+    plain = lap_var(BatchLabAugment(SIZE, (0,) * 3, (1,) * 3, p_focus_jpeg=1.0).focus_or_jpeg(x)) / lap_var(x)
+    assert plain.max() < 1.1, plain  # the lab recipe: blur or JPEG, never sharper
+    # the same unsharp mask as the per-image recipe's: PIL's blend of its blur, within rounding
+    ims = [synthetic_cell(i % 7, i, size=96) for i in range(8)]
+    x = torch.stack([torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1) for im in ims]).float() / 255.0
+    batched = (x + (x - _gaussian_blur(x, torch.full((8,), 1.0)))).clamp(0, 1) * 255
+    pil = torch.stack([torch.from_numpy(np.asarray(Image.blend(im.filter(ImageFilter.GaussianBlur(1.0)), im, 2.0))
+                                        .copy()).permute(2, 0, 1) for im in ims]).float()
+    assert (batched - pil).abs().mean() < 1.0 < (x * 255 - pil).abs().mean()

@@ -110,3 +110,13 @@ def test_device_augmentation_needs_the_lab_recipe(tmp_path, tiny_run):
                       img_size=32, epochs=1, workers=0, accelerator="cpu", augment="light", augment_on="device")
     with pytest.raises(MarrowscopeError, match="--augment lab"):
         fit(cfg)
+
+
+def test_device_augmentation_sharpens_only_in_lab_sharp():
+    from marrowscope.datasets import device_augmentation
+
+    cfg = {"mean": (0.5,) * 3, "std": (0.5,) * 3}
+    for augment, sharpens in (("lab", False), ("lab-sharp", True)):
+        aug = device_augmentation(TrainConfig(img_size=32, augment=augment, augment_on="device"), cfg, on_gpu=False)
+        assert (aug.amount is not None) == sharpens, augment
+    assert device_augmentation(TrainConfig(augment="light", augment_on="auto"), cfg, on_gpu=True) is None

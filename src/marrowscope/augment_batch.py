@@ -4,8 +4,9 @@ On a GPU the per-image PIL recipe (:mod:`marrowscope.augment` + :func:`transform
 sets the pace: 16 CPU cores feed 280-560 images/s to a network that trains at over 4,000. Here the
 same steps run batched on the GPU, each image with its own random draw: zoom with mirrored fill,
 crop, flips and turns in one resampling (``grid_sample``), then HED stain jitter, background tint,
-brightness/contrast/saturation/hue, and blur or JPEG (the JPEG codec on the CPU). The ranges are
-those of the PIL recipe, and ``tests/test_augment_batch.py`` checks that both give the same distribution of outputs.
+brightness/contrast/saturation/hue, and blur, JPEG (the JPEG codec on the CPU) or, with ``amount``,
+sharpening. The ranges are those of the PIL recipe, and ``tests/test_augment_batch.py`` checks that
+both give the same distribution of outputs.
 
 Input: uint8 [N, 3, S, S], the whole field at the training scale (see ``CellDataset(raw_size=S)``).
 Output: normalised float [N, 3, size, size]. ``plain`` gives validation batches the whole field,
@@ -35,20 +36,21 @@ class BatchLabAugment:
 
     def __init__(self, size: int, mean, std, *, zoom=(0.6, 1.25), p_zoom=0.8, area=(0.85, 1.0),
                  ratio=(0.85, 1.18), color=0.25, saturation=0.35, hue=0.06, hed_sigma=0.08, hed_bias=0.05,
-                 p_hed=0.8, tint=0.1, p_tint=0.5, blur=(0.3, 1.5), quality=(30, 90), p_blur_jpeg=0.4):
+                 p_hed=0.8, tint=0.1, p_tint=0.5, blur=(0.3, 1.5), amount=None, quality=(30, 90),
+                 p_focus_jpeg=0.4):
         self.size = size
         self.mean, self.std = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
         self.zoom, self.p_zoom, self.area, self.ratio = zoom, p_zoom, area, ratio
         self.color, self.saturation, self.hue = color, saturation, hue
         self.hed_sigma, self.hed_bias, self.p_hed = hed_sigma, hed_bias, p_hed
         self.tint, self.p_tint = tint, p_tint
-        self.blur, self.quality, self.p_blur_jpeg = blur, quality, p_blur_jpeg
+        self.blur, self.amount, self.quality, self.p_focus_jpeg = blur, amount, quality, p_focus_jpeg
 
     def __call__(self, raw: torch.Tensor) -> torch.Tensor:
         x = self.geometry(raw.float() / 255.0)
         x = self.stain(x)
         x = self.colour(x)
-        x = self.blur_or_jpeg(x)
+        x = self.focus_or_jpeg(x)
         return (x - self.mean.to(x.device)) / self.std.to(x.device)
 
     def plain(self, raw: torch.Tensor) -> torch.Tensor:
@@ -107,17 +109,23 @@ class BatchLabAugment:
         out = torch.einsum("ncd,ndhw->nchw", matrix, x) + (offset * gray).view(n, 1, 1, 1)
         return out.clamp(0, 1)
 
-    def blur_or_jpeg(self, x: torch.Tensor) -> torch.Tensor:
-        """Gaussian blur for a fifth of the images, JPEG re-compression for another fifth."""
+    def focus_or_jpeg(self, x: torch.Tensor) -> torch.Tensor:
+        """Gaussian blur, JPEG re-compression and, with ``amount``, an unsharp mask, in equal shares of
+        ``p_focus_jpeg`` of the images (as :class:`marrowscope.augment.FocusOrJpeg`)."""
         n, dev = len(x), x.device
         r = torch.rand(n, device=dev)
-        blur = (r < self.p_blur_jpeg / 2).nonzero().flatten()
-        jpeg = ((r >= self.p_blur_jpeg / 2) & (r < self.p_blur_jpeg)).nonzero().flatten()
+        share = self.p_focus_jpeg / (3 if self.amount else 2)
+        blur = (r < share).nonzero().flatten()
+        sharp = ((r >= share) & (r < 2 * share)).nonzero().flatten() if self.amount else blur[:0]
+        jpeg = ((r >= (2 if self.amount else 1) * share) & (r < self.p_focus_jpeg)).nonzero().flatten()
+        x = x.clone()
         if len(blur):
-            x = x.clone()
             x[blur] = _gaussian_blur(x[blur], _uniform(len(blur), *self.blur, dev))
+        if len(sharp):
+            s = x[sharp]
+            a = _uniform(len(sharp), *self.amount, dev).view(-1, 1, 1, 1)
+            x[sharp] = (s + a * (s - _gaussian_blur(s, _uniform(len(sharp), *self.blur, dev)))).clamp(0, 1)
         if len(jpeg):
-            x = x.clone()
             x[jpeg] = _jpeg(x[jpeg], torch.randint(self.quality[0], self.quality[1] + 1, (len(jpeg),)).tolist())
         return x
 

@@ -93,7 +93,8 @@ def train_flags(s) -> None:
         s.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
     s.add_argument("--classes", type=classes_arg, default=d.classes)
     s.add_argument("--augment", default=d.augment, choices=AUGMENTATIONS,
-                   help="light: crops, flips, colour; lab: also stain, background, zoom, blur, JPEG")
+                   help="light: crops, flips, colour; lab: also stain, background, zoom, blur, JPEG; "
+                        "lab-sharp: lab and sharpening")
     s.add_argument("--augment-on", default=d.augment_on, choices=["auto", "cpu", "device"],
                    help="where the lab recipe runs: per image on the CPU, or batched on the device (auto: on a GPU)")
     s.add_argument("--distill", default=None, help="CSV of a teacher's probabilities per image (cv's oof.csv): "

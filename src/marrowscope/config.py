@@ -33,7 +33,7 @@ class TrainConfig:
     weight_decay: float = 0.05
     label_smoothing: float = 0.1
     mixup: float = 0.0                # mixup/cutmix probability per batch (timm Mixup), 0 = off
-    augment: str = "light"            # "lab": also stain, background, zoom, blur and JPEG (other labs)
+    augment: str = "light"            # "lab": +stain, background, zoom, blur, JPEG (other labs); "lab-sharp": +sharpen
     augment_on: str = "auto"          # "lab" recipe per image on "cpu" or batched on the "device"; auto: on a GPU
     distill: Optional[str] = None     # CSV of a teacher's probabilities per image (`marrowscope cv`'s oof.csv)
     distill_weight: float = 0.5       # share of the soft-target loss

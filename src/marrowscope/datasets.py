@@ -191,6 +191,7 @@ def make_loader(ds: Dataset, batch_size: int, workers: int, shuffle: bool) -> Da
 # ---------------------------------------------------------------- the datasets of a training run
 def device_augmentation(cfg, data_config: dict, on_gpu: bool):
     """The batched ``lab`` recipe when it is to run on the device (a GPU by default), else None."""
+    from marrowscope.augment import focus_settings
     from marrowscope.augment_batch import BatchLabAugment
 
     if cfg.augment_on not in ("auto", "cpu", "device"):
@@ -198,12 +199,14 @@ def device_augmentation(cfg, data_config: dict, on_gpu: bool):
     on_device = cfg.augment_on == "device" or (cfg.augment_on == "auto" and on_gpu)
     if not on_device:
         return None
-    if cfg.augment != "lab" and cfg.augment_on == "device":
-        raise MarrowscopeError("augmentation on the device implements the 'lab' recipe; pass --augment lab "
-                               "(or --augment-on cpu).")
-    if cfg.augment != "lab":  # the light recipe stays on the CPU, where it is cheap
+    if cfg.augment == "light" and cfg.augment_on == "device":
+        raise MarrowscopeError("augmentation on the device implements the 'lab' recipes; pass --augment lab "
+                               "or lab-sharp (or --augment-on cpu).")
+    if cfg.augment == "light":  # the light recipe stays on the CPU, where it is cheap
         return None
-    return BatchLabAugment(cfg.img_size, data_config["mean"], data_config["std"])
+    focus = focus_settings(cfg.augment == "lab-sharp")
+    return BatchLabAugment(cfg.img_size, data_config["mean"], data_config["std"], amount=focus["amount"],
+                           p_focus_jpeg=focus["p"])
 
 
 # Fields are kept at bone-marrow-7's native 250 px (or the input size, when larger) for device augmentation.

@@ -93,7 +93,7 @@ class RandomRot90(torch.nn.Module):
         return v2.functional.rotate(img, 90 * k) if k else img
 
 
-AUGMENTATIONS = ("light", "lab")
+AUGMENTATIONS = ("light", "lab", "lab-sharp")
 
 
 def train_transform(data_config: dict, augment: str = "light", *, scale: tuple[float, float] = (0.75, 1.0),
@@ -103,13 +103,15 @@ def train_transform(data_config: dict, augment: str = "light", *, scale: tuple[f
     ``light``: crops, flips, turns and colour jitter (the recipe of marrowscope 0.1).
     ``lab``: also what differs between laboratories (:mod:`marrowscope.augment`): zoom in and out
     with mirrored fill, stain (HED) jitter, background tint, stronger colour jitter, blur and JPEG.
+    ``lab-sharp``: ``lab`` with sharpening as well (README, "Other labs": it helped another lab's
+    images and may cost blasts; not yet the bundled model's recipe).
     """
-    from marrowscope.augment import BackgroundTint, BlurOrJpeg, ColourJitter, HEDJitter, ScaleJitter
+    from marrowscope.augment import BackgroundTint, ColourJitter, FocusOrJpeg, HEDJitter, ScaleJitter, focus_settings
 
     if augment not in AUGMENTATIONS:
         raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {augment!r}")
     size = tuple(data_config["input_size"][1:])
-    lab = augment == "lab"
+    lab = augment != "light"
     # Geometry and colour run on the PIL image (SIMD resize; colour as one matrix) before the
     # tensor conversion: on tensors the hue jitter alone costs several ms per image.
     steps = [ScaleJitter((0.6, 1.25)), HEDJitter(), BackgroundTint()] if lab else []
@@ -120,7 +122,7 @@ def train_transform(data_config: dict, augment: str = "light", *, scale: tuple[f
         RandomRot90(),
         ColourJitter(brightness=color, contrast=color, saturation=color + 0.1 * lab, hue=hue + 0.02 * lab),
     ]
-    steps += [BlurOrJpeg()] if lab else []
+    steps += [FocusOrJpeg(**focus_settings(augment == "lab-sharp"))] if lab else []
     return v2.Compose([*steps, v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True),
                        v2.Normalize(mean=list(data_config["mean"]), std=list(data_config["std"]))])
 

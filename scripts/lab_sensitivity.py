@@ -1,0 +1,88 @@
+"""What about another lab's images throws a model off: its accuracy on them after one change each
+(focus, colour, hue, compression), with no retraining. A change that raises accuracy points at a
+difference between the labs that the training recipe should teach the model to ignore.
+
+    python scripts/lab_sensitivity.py --model models/default [--data ../shared/data/other-lab-pbc] [--per-class 20]
+
+Images: the first ``--per-class`` files of each class folder by sorted name, i.e. the adaptation
+split of other-lab-pbc (its README), so that the images the figures are reported on stay unlooked-at.
+This is how the sharpening step of the ``lab`` recipe was found (README, "Other labs").
+"""
+
+import argparse
+import io
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageEnhance, ImageFilter
+
+from marrowscope.augment import colour_matrices
+from marrowscope.images import decode_image
+from marrowscope.predict import Predictor
+
+
+def _hue(im: Image.Image, turn: float) -> Image.Image:
+    m, _ = colour_matrices(np.ones(1), np.ones(1), np.ones(1), np.array([turn]))
+    return im.convert("RGB", tuple(np.concatenate([m[0], np.zeros((3, 1))], 1).ravel().tolist()))
+
+
+def _jpeg(im: Image.Image, quality: int) -> Image.Image:
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=quality)
+    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+
+def _sharpen(im: Image.Image, sigma: float, amount: float) -> Image.Image:
+    return Image.blend(im.filter(ImageFilter.GaussianBlur(sigma)), im, 1 + amount)
+
+
+CHANGES = {
+    "none": lambda im: im,
+    "blur 1.0": lambda im: im.filter(ImageFilter.GaussianBlur(1.0)),
+    "sharpen 1.0x1.0": lambda im: _sharpen(im, 1.0, 1.0),
+    "saturation 0.6": lambda im: ImageEnhance.Color(im).enhance(0.6),
+    "saturation 1.4": lambda im: ImageEnhance.Color(im).enhance(1.4),
+    "brightness 0.85": lambda im: ImageEnhance.Brightness(im).enhance(0.85),
+    "brightness 1.15": lambda im: ImageEnhance.Brightness(im).enhance(1.15),
+    "contrast 0.8": lambda im: ImageEnhance.Contrast(im).enhance(0.8),
+    "contrast 1.25": lambda im: ImageEnhance.Contrast(im).enhance(1.25),
+    "hue -0.1": lambda im: _hue(im, -0.1),
+    "hue -0.05": lambda im: _hue(im, -0.05),
+    "hue +0.05": lambda im: _hue(im, 0.05),
+    "hue +0.1": lambda im: _hue(im, 0.1),
+    "jpeg 40": lambda im: _jpeg(im, 40),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="models/default")
+    ap.add_argument("--data", default="../shared/data/other-lab-pbc")
+    ap.add_argument("--per-class", type=int, default=20)
+    ap.add_argument("--changes", nargs="*", default=list(CHANGES), choices=list(CHANGES))
+    a = ap.parse_args()
+    p = Predictor(a.model)
+    folders = sorted(d for d in Path(a.data).iterdir() if d.is_dir() and d.name in p.classes)
+    if not folders:
+        raise SystemExit(f"no class folders of {', '.join(p.classes)} in '{a.data}'.")
+    truth, images = [], []
+    for d in folders:
+        for f in sorted(d.glob("*.jpg"))[: a.per_class]:
+            truth.append(d.name)
+            images.append(decode_image(f))
+    truth = np.array(truth)
+    names = [d.name for d in folders]
+    print(f"{a.model} on the first {a.per_class} images per class of {a.data} ({len(truth)} images)")
+    print("| change | accuracy | " + " | ".join(names) + " | most frequent errors |")
+    print("|---|---|" + "---|" * len(names) + "---|")
+    for change in a.changes:
+        changed = [CHANGES[change](im) for im in images]
+        got = np.array([p.classes[int(np.argmax(r.probs))] for r in p.predict_many(changed)])
+        recall = " | ".join(f"{np.mean(got[truth == c] == c):.2f}" for c in names)
+        errors = Counter(f"{t}->{g}" for t, g in zip(truth, got) if t != g).most_common(3)
+        print(f"| {change} | {np.mean(got == truth):.3f} | {recall} | {', '.join(f'{e} {n}' for e, n in errors)} |")
+
+
+if __name__ == "__main__":
+    main()
