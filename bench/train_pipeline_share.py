@@ -16,7 +16,6 @@ the images are the first N of the synthetic tree, decoded per item as any set ab
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 import tempfile
@@ -24,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from train_scale import bare_step, subset  # noqa: E402  (the same bare step and subsets)
+from train_scale import bare_step, last_epoch, steady_state, subset  # noqa: E402  (the same bare step, subsets, arithmetic)
 
 
 def main() -> None:
@@ -45,18 +44,15 @@ def main() -> None:
             fit(TrainConfig(data=str(manifest), out=str(Path(d) / f"run{n}"), model="tf_efficientnet_lite0",
                             img_size=224, epochs=1, batch_size=a.batch_size, max_steps=n, checks=False,
                             accelerator="cpu", patience=1000))
-            with open(Path(d) / f"run{n}" / "history.csv", newline="") as fh:
-                last = list(csv.DictReader(fh))[-1]
-            runs[n] = {k: float(last[k]) for k in ("seconds", "data_wait_s")}
+            runs[n] = last_epoch(Path(d) / f"run{n}")
             bare.append(bare_step(a.batch_size, 2 * a.steps)["images_per_s"])
-    images = 2 * a.steps * a.batch_size
-    secs, wait = (runs[3 * a.steps][k] - runs[a.steps][k] for k in ("seconds", "data_wait_s"))
+    steady = steady_state(runs[a.steps], runs[3 * a.steps], 2 * a.steps * a.batch_size)
     result = {"date": time.strftime("%Y-%m-%d"), "images": a.images, "steps": [a.steps, 3 * a.steps],
               "batch": a.batch_size, "bare_images_per_s": bare,
-              "train_images_per_s": round(images / secs, 2),
-              "train_steps_alone_images_per_s": round(images / (secs - wait), 2),
-              "ratio_to_bare": round(images / secs / (sum(bare) / len(bare)), 3),
-              "in_run_ratio": round(1 - wait / secs, 3)}
+              "train_images_per_s": round(steady["images_per_s"], 2),
+              "train_steps_alone_images_per_s": round(steady["steps_images_per_s"], 2),
+              "ratio_to_bare": round(steady["images_per_s"] / (sum(bare) / len(bare)), 3),
+              "in_run_ratio": round(steady["in_run_ratio"], 3)}
     print(json.dumps(result))
     Path(a.out).write_text(json.dumps(result, indent=2))
 

@@ -94,17 +94,29 @@ def run(manifest: Path, steps: int, batch: int, work: Path, workers: Optional[in
         cmd = [sys.executable, "-m", "marrowscope", "train", str(manifest), "--out", str(out), *MODEL, "--epochs",
                "1", "--batch-size", str(batch), "--max-steps", str(n), "--no-checks", "--accelerator", "cpu",
                "--patience", "1000", *(["--workers", str(workers)] if workers is not None else [])]
-        measured = watch(cmd, work / f"train{n}.log")
-        with open(out / "history.csv", newline="") as fh:
-            last = list(csv.DictReader(fh))[-1]
-        rows.append({**measured, "seconds": float(last["seconds"]), "wait": float(last["data_wait_s"])})
-    images, secs = 2 * steps * batch, rows[1]["seconds"] - rows[0]["seconds"]
+        rows.append({**watch(cmd, work / f"train{n}.log"), **last_epoch(out)})
+    images = 2 * steps * batch
+    steady = steady_state(rows[0], rows[1], images)
     return {"workers": "default" if workers is None else workers,
             "peak_rss_gb": max(r["peak_rss_gb"] for r in rows), "peak_pss_gb": max(r["peak_pss_gb"] for r in rows),
-            "images_per_s": round(images / secs, 1),
+            "images_per_s": round(steady["images_per_s"], 1),
             "images_per_cpu_s": round(images / (rows[1]["cpu_s"] - rows[0]["cpu_s"]), 2),
-            # inside the run: the steps' share of its time; the rest waits for the next batch
-            "in_run_ratio": round(1 - (rows[1]["wait"] - rows[0]["wait"]) / secs, 3)}
+            "in_run_ratio": round(steady["in_run_ratio"], 3)}
+
+
+def last_epoch(run_dir: Path) -> dict:
+    """A training run's epoch time and its wait for batches (the last row of its history.csv)."""
+    with open(run_dir / "history.csv", newline="") as fh:
+        last = list(csv.DictReader(fh))[-1]
+    return {"seconds": float(last["seconds"]), "wait": float(last["data_wait_s"])}
+
+
+def steady_state(short: dict, long: dict, images: int) -> dict:
+    """What the longer of two runs took beyond the shorter (``images`` more): images/s, the steps'
+    images/s alone, and inside the runs the steps' share of the time (the rest waits for the next batch)."""
+    secs, wait = long["seconds"] - short["seconds"], long["wait"] - short["wait"]
+    return {"images_per_s": images / secs, "steps_images_per_s": images / (secs - wait),
+            "in_run_ratio": 1 - wait / secs}
 
 
 def bare_step(batch: int, steps: int) -> dict:
