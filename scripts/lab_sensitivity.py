@@ -11,6 +11,7 @@ This is how the sharpening step of the ``lab`` recipe was found (README, "Other 
 
 import argparse
 import io
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -18,7 +19,8 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
 from marrowscope.augment import colour_matrices
-from marrowscope.images import decode_image
+from marrowscope.errors import ImageDecodeError
+from marrowscope.images import decode_image, is_image_path
 from marrowscope.predict import Predictor
 
 
@@ -55,22 +57,26 @@ CHANGES = {
 }
 
 
-def main() -> None:
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="models/default")
     ap.add_argument("--data", default="../shared/data/other-lab-pbc")
     ap.add_argument("--per-class", type=int, default=20)
     ap.add_argument("--changes", nargs="*", default=list(CHANGES), choices=list(CHANGES))
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     p = Predictor(a.model)
     folders = sorted(d for d in Path(a.data).iterdir() if d.is_dir() and d.name in p.classes)
     if not folders:
         raise SystemExit(f"no class folders of {', '.join(p.classes)} in '{a.data}'.")
     truth, images = [], []
     for d in folders:
-        for f in sorted(d.glob("*.jpg"))[: a.per_class]:
+        for f in sorted(f for f in d.iterdir() if is_image_path(f))[: a.per_class]:
+            try:
+                images.append(decode_image(f))
+            except ImageDecodeError as exc:  # said and left out; the rest is measured
+                print(f"skipped: {exc}", file=sys.stderr)
+                continue
             truth.append(d.name)
-            images.append(decode_image(f))
     truth = np.array(truth)
     names = [d.name for d in folders]
     print(f"{a.model} on the first {a.per_class} images per class of {a.data} ({len(truth)} images)")
