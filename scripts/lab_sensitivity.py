@@ -1,6 +1,7 @@
 """What about another lab's images throws a model off: its accuracy on them after one change each
 (focus, colour, hue, compression), with no retraining. A change that raises accuracy points at a
-difference between the labs that the training recipe should teach the model to ignore.
+difference between the labs that the training recipe should teach the model to ignore. Sharpness:
+the median variance of the Laplacian of what the network sees, beside that of the model's own test images.
 
     python scripts/lab_sensitivity.py --model models/default [--data ../shared/data/other-lab-pbc] [--per-class 20]
 
@@ -19,7 +20,7 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
 from marrowscope.augment import colour_matrices
-from marrowscope.errors import ImageDecodeError
+from marrowscope.errors import ImageDecodeError, MarrowscopeError
 from marrowscope.images import decode_image, is_image_path
 from marrowscope.predict import Predictor
 
@@ -57,6 +58,27 @@ CHANGES = {
 }
 
 
+def sharpness(p: Predictor, images) -> float:
+    """Median over images of the variance of the 4-neighbour Laplacian of the gray pixels the network
+    sees (after the scale step): how crisp a set of images is, where the model reads it."""
+    out = []
+    for im in images:
+        g = np.asarray(p.preprocess.geometry(im).convert("L"), dtype=np.float64)
+        out.append((4 * g[1:-1, 1:-1] - g[:-2, 1:-1] - g[2:, 1:-1] - g[1:-1, :-2] - g[1:-1, 2:]).var())
+    return float(np.median(out))
+
+
+def own_test_images(p: Predictor, every: int = 5) -> list:
+    """Every ``every``-th test image of the model folder's manifest, where it has one and they are there."""
+    from marrowscope.manifest import read_manifest
+
+    try:
+        test = [s for s in read_manifest(p.model_dir / "manifest.csv") if s.split == "test"][::every]
+        return [decode_image(s.path) for s in test]
+    except (MarrowscopeError, OSError):
+        return []
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="models/default")
@@ -80,14 +102,18 @@ def main(argv=None) -> None:
     truth = np.array(truth)
     names = [d.name for d in folders]
     print(f"{a.model} on the first {a.per_class} images per class of {a.data} ({len(truth)} images)")
-    print("| change | accuracy | " + " | ".join(names) + " | most frequent errors |")
-    print("|---|---|" + "---|" * len(names) + "---|")
+    own = own_test_images(p)
+    if own:
+        print(f"sharpness of every fifth test image of the model's manifest ({len(own)}): {sharpness(p, own):.1f}")
+    print("| change | sharpness | accuracy | " + " | ".join(names) + " | most frequent errors |")
+    print("|---|---|---|" + "---|" * len(names) + "---|")
     for change in a.changes:
         changed = [CHANGES[change](im) for im in images]
         got = np.array([p.classes[int(np.argmax(r.probs))] for r in p.predict_many(changed)])
         recall = " | ".join(f"{np.mean(got[truth == c] == c):.2f}" for c in names)
         errors = Counter(f"{t}->{g}" for t, g in zip(truth, got) if t != g).most_common(3)
-        print(f"| {change} | {np.mean(got == truth):.3f} | {recall} | {', '.join(f'{e} {n}' for e, n in errors)} |")
+        print(f"| {change} | {sharpness(p, changed):.1f} | {np.mean(got == truth):.3f} | {recall} | "
+              f"{', '.join(f'{e} {n}' for e, n in errors)} |")
 
 
 if __name__ == "__main__":

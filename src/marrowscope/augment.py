@@ -137,7 +137,7 @@ class FocusOrJpeg:
     re-compression at a random quality; ``p`` of the images in all, in equal shares.
 
     Why sharpening (the ``lab-sharp`` recipe): the other lab's analyser images are crisper than
-    bone-marrow-7's (at the network's input the Laplacian's variance has a median of 94 on other-lab-pbc
+    bone-marrow-7's (at the network's input the Laplacian's variance has a median of 98 on other-lab-pbc
     against 32), and a model that only ever saw blur read crisp blood lymphocytes as blasts: sharpening
     them sent 13 of 20 to BLA, blurring them left 1 there (``scripts/lab_sensitivity.py``). On
     bone-marrow-7 sigma 1 px and amount 1 raise the Laplacian's variance 2.3x; sigma 1.5 and amount 2, 6x.
