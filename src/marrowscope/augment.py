@@ -139,8 +139,8 @@ class FocusOrJpeg:
     Why sharpening (the ``lab-sharp`` recipe): the other lab's analyser images are crisper than
     bone-marrow-7's (at the network's input the Laplacian's variance has a median of 98 on other-lab-pbc
     against 32), and a model that only ever saw blur read crisp blood lymphocytes as blasts: sharpening
-    them sent 13 of 20 to BLA, blurring them left 1 there (``scripts/lab_sensitivity.py``). On
-    bone-marrow-7 sigma 1 px and amount 1 raise the Laplacian's variance 2.3x; sigma 1.5 and amount 2, 6x.
+    them sent 13 of 20 to BLA, blurring them left 1 there (``scripts/lab_sensitivity.py``, where sigma
+    1 px and amount 1 raise the Laplacian's variance 2.2x).
     """
 
     def __init__(self, blur: tuple[float, float] = (0.3, 1.5), amount: Optional[tuple[float, float]] = None,
