@@ -11,61 +11,41 @@ This is how the sharpening step of the ``lab`` recipe was found (README, "Other 
 """
 
 import argparse
-import io
 import sys
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageEnhance, ImageFilter
+from PIL import ImageEnhance, ImageFilter
 
-from marrowscope.augment import colour_matrices
+from marrowscope.augment import jpeg_round_trip, laplacian_variance, recolour, unsharp
 from marrowscope.errors import ImageDecodeError, MarrowscopeError
 from marrowscope.images import decode_image, is_image_path
 from marrowscope.predict import Predictor
 
 
-def _hue(im: Image.Image, turn: float) -> Image.Image:
-    m, _ = colour_matrices(np.ones(1), np.ones(1), np.ones(1), np.array([turn]))
-    return im.convert("RGB", tuple(np.concatenate([m[0], np.zeros((3, 1))], 1).ravel().tolist()))
-
-
-def _jpeg(im: Image.Image, quality: int) -> Image.Image:
-    buf = io.BytesIO()
-    im.save(buf, "JPEG", quality=quality)
-    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
-
-
-def _sharpen(im: Image.Image, sigma: float, amount: float) -> Image.Image:
-    return Image.blend(im.filter(ImageFilter.GaussianBlur(sigma)), im, 1 + amount)
-
-
 CHANGES = {
     "none": lambda im: im,
     "blur 1.0": lambda im: im.filter(ImageFilter.GaussianBlur(1.0)),
-    "sharpen 1.0x1.0": lambda im: _sharpen(im, 1.0, 1.0),
+    "sharpen 1.0x1.0": lambda im: unsharp(im, 1.0, 1.0),
     "saturation 0.6": lambda im: ImageEnhance.Color(im).enhance(0.6),
     "saturation 1.4": lambda im: ImageEnhance.Color(im).enhance(1.4),
     "brightness 0.85": lambda im: ImageEnhance.Brightness(im).enhance(0.85),
     "brightness 1.15": lambda im: ImageEnhance.Brightness(im).enhance(1.15),
     "contrast 0.8": lambda im: ImageEnhance.Contrast(im).enhance(0.8),
     "contrast 1.25": lambda im: ImageEnhance.Contrast(im).enhance(1.25),
-    "hue -0.1": lambda im: _hue(im, -0.1),
-    "hue -0.05": lambda im: _hue(im, -0.05),
-    "hue +0.05": lambda im: _hue(im, 0.05),
-    "hue +0.1": lambda im: _hue(im, 0.1),
-    "jpeg 40": lambda im: _jpeg(im, 40),
+    "hue -0.1": lambda im: recolour(im, 1, 1, 1, -0.1),
+    "hue -0.05": lambda im: recolour(im, 1, 1, 1, -0.05),
+    "hue +0.05": lambda im: recolour(im, 1, 1, 1, 0.05),
+    "hue +0.1": lambda im: recolour(im, 1, 1, 1, 0.1),
+    "jpeg 40": lambda im: jpeg_round_trip(im, 40),
 }
 
 
 def sharpness(p: Predictor, images) -> float:
     """Median over images of the variance of the 4-neighbour Laplacian of the gray pixels the network
     sees (after the scale step): how crisp a set of images is, where the model reads it."""
-    out = []
-    for im in images:
-        g = np.asarray(p.preprocess.geometry(im).convert("L"), dtype=np.float64)
-        out.append((4 * g[1:-1, 1:-1] - g[:-2, 1:-1] - g[2:, 1:-1] - g[1:-1, :-2] - g[1:-1, 2:]).var())
-    return float(np.median(out))
+    return float(np.median([laplacian_variance(p.preprocess.geometry(im)) for im in images]))
 
 
 def own_test_images(p: Predictor, every: int = 5) -> list:

@@ -54,6 +54,33 @@ def colour_matrices(brightness, contrast, saturation, hue) -> tuple[np.ndarray, 
     return _YIQ_INV @ turn @ _YIQ @ sat * (b * c), ((1 - c) * b)[:, 0, 0]
 
 
+def recolour(im: Image.Image, brightness: float, contrast: float, saturation: float, hue: float) -> Image.Image:
+    """One image through :func:`colour_matrices` with the given factors, applied by PIL in one pass."""
+    matrix, offset = colour_matrices(brightness, contrast, saturation, hue)
+    gray = ImageStat.Stat(im.convert("L")).mean[0]  # in pixel values, as PIL's offsets are
+    rows = np.concatenate([matrix[0], np.full((3, 1), offset[0] * gray)], 1)
+    return im.convert("RGB", tuple(rows.flatten().tolist()))  # rounds and clips to 0-255
+
+
+def unsharp(im: Image.Image, sigma: float, amount: float) -> Image.Image:
+    """im + amount * (im - its Gaussian blur of ``sigma`` px): PIL's blend extrapolates past im and clips."""
+    return Image.blend(im.filter(ImageFilter.GaussianBlur(sigma)), im, 1 + amount)
+
+
+def jpeg_round_trip(im: Image.Image, quality: int) -> Image.Image:
+    """The image as a JPEG of ``quality`` would show it."""
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=quality)
+    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+
+def laplacian_variance(im: Image.Image) -> float:
+    """How crisp an image is: the variance of the 4-neighbour Laplacian of its gray pixels (it also
+    grows with contrast). The measure behind :class:`FocusOrJpeg`'s sharpening."""
+    g = np.asarray(im.convert("L"), dtype=np.float64)
+    return float((4 * g[1:-1, 1:-1] - g[:-2, 1:-1] - g[2:, 1:-1] - g[1:-1, :-2] - g[1:-1, 2:]).var())
+
+
 class ColourJitter:
     """Brightness, contrast and saturation factors drawn from [1 - x, 1 + x] and a hue turn from
     [-hue, hue], per image, applied as one colour matrix (:func:`colour_matrices`) by PIL."""
@@ -64,10 +91,7 @@ class ColourJitter:
 
     def __call__(self, im: Image.Image) -> Image.Image:
         factors = [random.uniform(1 - x, 1 + x) for x in (self.brightness, self.contrast, self.saturation)]
-        matrix, offset = colour_matrices(*factors, random.uniform(-self.hue, self.hue))
-        gray = ImageStat.Stat(im.convert("L")).mean[0]  # in pixel values, as PIL's offsets are
-        rows = np.concatenate([matrix[0], np.full((3, 1), offset[0] * gray)], 1)
-        return im.convert("RGB", tuple(rows.flatten().tolist()))  # rounds and clips to 0-255
+        return recolour(im, *factors, random.uniform(-self.hue, self.hue))
 
 
 class HEDJitter:
@@ -152,11 +176,8 @@ class FocusOrJpeg:
         share = self.p / (3 if self.amount else 2)
         if r < share:
             return im.filter(ImageFilter.GaussianBlur(random.uniform(*self.blur)))
-        if self.amount and r < 2 * share:  # im + a * (im - blurred): blend extrapolates past im and clips
-            blurred = im.filter(ImageFilter.GaussianBlur(random.uniform(*self.blur)))
-            return Image.blend(blurred, im, 1 + random.uniform(*self.amount))
+        if self.amount and r < 2 * share:
+            return unsharp(im, random.uniform(*self.blur), random.uniform(*self.amount))
         if r < self.p:
-            buf = io.BytesIO()
-            im.save(buf, "JPEG", quality=random.randint(*self.quality))
-            return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+            return jpeg_round_trip(im, random.randint(*self.quality))
         return im

@@ -20,7 +20,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from marrowscope.augment import _GRAY, _HED, _HED_INV, colour_matrices
+from marrowscope.augment import _GRAY, _HED, _HED_INV, colour_matrices, jpeg_round_trip
 
 
 def _uniform(n: int, lo: float, hi: float, device) -> torch.Tensor:
@@ -146,15 +146,9 @@ def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
 def _jpeg(x: torch.Tensor, qualities: list[int]) -> torch.Tensor:
     """JPEG round trip per image at its quality, with the PIL codec of the per-image recipe. It runs
     on the CPU whatever the batch's device: only a fifth of the images take it."""
-    import io
-
     import numpy as np
     from PIL import Image
 
     u8 = (x * 255 + 0.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    out = []
-    for im, q in zip(u8, qualities):
-        buf = io.BytesIO()
-        Image.fromarray(im).save(buf, "JPEG", quality=q)
-        out.append(np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB")))
+    out = [np.asarray(jpeg_round_trip(Image.fromarray(im), q)) for im, q in zip(u8, qualities)]
     return (torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float() / 255.0).to(x.device)
