@@ -10,7 +10,6 @@ Float weights and BatchNorm statistics are averaged; integer buffers (batch coun
 """
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
@@ -29,8 +28,7 @@ def average(folders: list[Path], out: Path) -> Path:
     mean = {k: torch.stack([s[k].float() for s in states]).mean(0).to(v.dtype) if v.is_floating_point() else v
             for k, v in states[0].items()}
     nets[0].load_state_dict(mean)
-    settings = json.loads((folders[0] / "config.json").read_text()).get("marrowscope", {})
-    settings["averaged_from"] = [f.name for f in folders]
+    settings = {**infos[0].extra, "averaged_from": [f.name for f in folders]}
     return save_model_folder(nets[0], out, infos[0].classes, infos[0].data_config, extra=settings, half=True)
 
 
