@@ -1,7 +1,10 @@
 """What about another lab's images throws a model off: its accuracy on them after one change each
 (focus, colour, hue, compression), with no retraining. A change that raises accuracy points at a
 difference between the labs that the training recipe should teach the model to ignore. Sharpness:
-the median variance of the Laplacian of what the network sees, beside that of the model's own test images.
+the median variance of the Laplacian of the image at the network's input size, and the same divided by
+the gray variance (:func:`marrowscope.focus.sharpness`), before any focus matching; beside those of the
+model's own test images. Accuracy is with the model's whole preprocessing, focus matching included
+where its folder has it.
 
     python scripts/lab_sensitivity.py --model models/default [--data ../shared/data/other-lab-pbc] [--per-class 20]
 
@@ -20,6 +23,7 @@ from PIL import ImageEnhance, ImageFilter
 
 from marrowscope.augment import jpeg_round_trip, laplacian_variance, recolour, unsharp
 from marrowscope.errors import ImageDecodeError, MarrowscopeError
+from marrowscope.focus import sharpness as focus_sharpness
 from marrowscope.images import decode_image, is_image_path
 from marrowscope.predict import Predictor
 
@@ -42,10 +46,13 @@ CHANGES = {
 }
 
 
-def sharpness(p: Predictor, images) -> float:
-    """Median over images of the variance of the 4-neighbour Laplacian of the gray pixels the network
-    sees (after the scale step): how crisp a set of images is, where the model reads it."""
-    return float(np.median([laplacian_variance(p.preprocess.geometry(im)) for im in images]))
+def sharpness(p: Predictor, images) -> tuple[float, float]:
+    """Medians over images of the variance of the 4-neighbour Laplacian of the gray image at the
+    network's input size (after the scale step, before focus matching), and of that over the gray
+    variance: how crisp a set of images is, where the model reads it."""
+    views = [p.preprocess.geometry_only(p.preprocess.to_scale(im)[0]) for im in images]
+    return (float(np.median([laplacian_variance(v) for v in views])),
+            float(np.median([focus_sharpness(v) for v in views])))
 
 
 def own_test_images(p: Predictor, every: int = 5) -> list:
@@ -84,15 +91,17 @@ def main(argv=None) -> None:
     print(f"{a.model} on the first {a.per_class} images per class of {a.data} ({len(truth)} images)")
     own = own_test_images(p)
     if own:
-        print(f"sharpness of every fifth test image of the model's manifest ({len(own)}): {sharpness(p, own):.1f}")
-    print("| change | sharpness | accuracy | " + " | ".join(names) + " | most frequent errors |")
-    print("|---|---|---|" + "---|" * len(names) + "---|")
+        lap, rel = sharpness(p, own)
+        print(f"sharpness of every fifth test image of the model's manifest ({len(own)}): {lap:.1f} ({rel:.4f})")
+    print("| change | sharpness | focus sharpness | accuracy | " + " | ".join(names) + " | most frequent errors |")
+    print("|---|---|---|---|" + "---|" * len(names) + "---|")
     for change in a.changes:
         changed = [CHANGES[change](im) for im in images]
         got = np.array([p.classes[int(np.argmax(r.probs))] for r in p.predict_many(changed)])
         recall = " | ".join(f"{np.mean(got[truth == c] == c):.2f}" for c in names)
         errors = Counter(f"{t}->{g}" for t, g in zip(truth, got) if t != g).most_common(3)
-        print(f"| {change} | {sharpness(p, changed):.1f} | {np.mean(got == truth):.3f} | {recall} | "
+        lap, rel = sharpness(p, changed)
+        print(f"| {change} | {lap:.1f} | {rel:.4f} | {np.mean(got == truth):.3f} | {recall} | "
               f"{', '.join(f'{e} {n}' for e, n in errors)} |")
 
 

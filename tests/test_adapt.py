@@ -28,6 +28,8 @@ def test_adapts_on_a_subset_of_classes_into_a_new_folder(tiny_model, tmp_path):
     assert r["held_out"] == 2 and r["replayed"] > 0 and 0 <= r["accuracy_after"] <= 1
     assert any("broken.png" in u["path"] for u in r["unreadable"])
     assert (out / "domain.safetensors").is_file()
+    # refitted on what it was fine-tuned on: the new lab's cells are its training images now
+    assert f"of {10 + r['replayed']} training images" in info.focus["how"]
     assert "## Adapted from model on 10 cells of lab" in (out / "MODEL_CARD.md").read_text()
     assert _digest(tiny_model) == before  # the source model folder is never modified
 

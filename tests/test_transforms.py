@@ -4,7 +4,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from marrowscope.transforms import RandomRot90, data_config_for, eval_geometry, eval_transform, train_transform
+from marrowscope.transforms import RandomRot90, data_config_for, eval_split, eval_transform, train_transform
 
 CFG = {"input_size": (3, 32, 32), "interpolation": "bicubic", "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5),
        "crop_pct": 1.0, "crop_mode": "center"}
@@ -23,7 +23,7 @@ def test_eval_transform_shape_range_and_determinism():
 
 def test_eval_geometry_is_resize_then_centre_crop():
     im = _image(64, 32)  # short side already 32: the resize keeps it, the crop takes the middle
-    out = eval_geometry(CFG)(im)
+    out = eval_split(CFG)[0](im)
     assert out.size == (32, 32)
     assert np.array_equal(np.asarray(out), np.asarray(im)[:, 16:48])
 

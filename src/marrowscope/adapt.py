@@ -17,7 +17,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Optional
 
-from marrowscope.artifacts import CONFIG, load_model_folder, resolve_model_dir, save_model_folder
+from marrowscope.artifacts import CONFIG, load_model_folder, read_model_info, resolve_model_dir, save_model_folder
 from marrowscope.data import Sample, load_samples, prepare, scan_folder
 from marrowscope.errors import MarrowscopeError, Unreadable
 from marrowscope.uploads import UNPACK_ERRORS
@@ -156,17 +156,21 @@ def adapt(data: str | Path, from_model: Optional[str | Path], out: str | Path, *
         extra = {**info.extra, "adapted": summary}
         extra.pop("domain", None)
         save_model_folder(net, out, info.classes, info.data_config, extra=extra, half=True)
-        _refit_domain(out, [*train, *replayed], held or train)
+        _refit_checks(out, [*train, *replayed], held or train)
         summary["accuracy_before"], summary["accuracy_after"] = _accuracy(source, held), _accuracy(out, held)
     _write_card(source, out, summary)
     return summary
 
 
-def _refit_domain(model_dir: Path, train: list[Sample], val: list[Sample]) -> None:
-    """The domain check of the adapted folder, fitted on what it was fine-tuned on (new lab included)."""
-    from marrowscope import domain
+def _refit_checks(model_dir: Path, train: list[Sample], val: list[Sample]) -> None:
+    """The focus settings and then the domain check of the adapted folder, fitted on what it was
+    fine-tuned on (new lab included): it has learnt the new lab's images as they are, so they are no
+    longer softened towards the first lab's sharpness."""
+    from marrowscope import domain, focus
     from marrowscope.manifest import write_manifest
 
+    if "focus" in read_model_info(model_dir).extra:
+        focus.fit_for_model(model_dir, [s.path for s in train])
     rows = [Sample(s.path, s.label, "train") for s in train] + [Sample(s.path, s.label, "val") for s in val]
     manifest = write_manifest(rows, model_dir / "adapt_manifest.csv")
     domain.fit_for_model(model_dir, manifest)

@@ -52,6 +52,11 @@ class ModelInfo:
         scale = self.extra.get("scale")
         return scale if scale and {"pixel_size_um", "field_px"} <= set(scale) else None
 
+    @property
+    def focus(self) -> Optional[dict]:
+        """The training images' sharpness (``median``, ``above``: :mod:`marrowscope.focus`), if measured."""
+        return self.extra.get("focus") or None
+
     def policy(self, tta: bool) -> Optional[dict]:
         """The review policy fitted for inference with or without TTA (`marrowscope calibrate`), or None."""
         return (self.extra.get("policy") or {}).get("tta" if tta else "no_tta")

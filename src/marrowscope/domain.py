@@ -31,7 +31,7 @@ class DomainCheck:
             from marrowscope.errors import MarrowscopeError
 
             raise MarrowscopeError(f"the domain statistics ({self.mean.shape[0]} features) do not fit this model's "
-                                   f"{features.shape[1]}; refit them with scripts/fit_domain.py.")
+                                   f"{features.shape[1]}; refit them with scripts/fit_checks.py --only domain.")
         d = features.astype(np.float32) - self.mean
         return np.sqrt(np.maximum(np.einsum("nd,de,ne->n", d, self.precision, d), 0) / d.shape[1])
 

@@ -23,7 +23,7 @@ class Explainer:
         from pytorch_grad_cam import GradCAM
 
         self.net, self.info = load_model_folder(model_dir)
-        self.preprocess = Preprocess(self.info.data_config, self.info.scale, pixel_size)  # as the Predictor's
+        self.preprocess = Preprocess.for_model(self.info, pixel_size)  # as the Predictor's
         self.geometry = self.preprocess.geometry
         self.cam = GradCAM(model=self.net, target_layers=[gradcam_target_layer(self.net)])
         self._lock = threading.Lock()  # the CAM's hooks hold per-call state
@@ -31,13 +31,13 @@ class Explainer:
     def heatmap(self, src: ImageSource, class_index: Optional[int] = None,
                 pixel_size: Optional[float] = None) -> tuple[np.ndarray, int]:
         """A [H, W] map in [0, 1] at the model's input size, for ``class_index`` (default: predicted)."""
-        return self._heatmap(self.preprocess.to_scale(decode_image(src), pixel_size)[0], class_index)
+        return self._heatmap(self.preprocess.view(decode_image(src), pixel_size)[0], class_index)
 
-    def _heatmap(self, scaled: Image.Image, class_index: Optional[int]) -> tuple[np.ndarray, int]:
-        """The map of an image already at the training scale (``Preprocess.to_scale``)."""
+    def _heatmap(self, seen: Image.Image, class_index: Optional[int]) -> tuple[np.ndarray, int]:
+        """The map of the pixels the network sees (``Preprocess.view``)."""
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-        x = self.preprocess.transform(scaled).unsqueeze(0)
+        x = self.preprocess.to_tensor(seen).unsqueeze(0)
         with self._lock:
             if class_index is None:
                 with torch.no_grad():
@@ -47,12 +47,13 @@ class Explainer:
 
     def overlay(self, src: ImageSource, class_index: Optional[int] = None, weight: float = 0.55,
                 pixel_size: Optional[float] = None) -> Image.Image:
-        """The cell as the network saw it (training scale, then the eval transform's resize and crop,
-        so the map lines up on non-square images too) with the heatmap blended over it (red: most evidence)."""
+        """The cell as the network saw it (training scale, the eval transform's resize and crop, and
+        focus matching, so the map lines up on non-square images too) with the heatmap blended over it
+        (red: most evidence)."""
         from pytorch_grad_cam.utils.image import show_cam_on_image
 
-        # scaled once (the red-cell estimate is the costly part), then mapped and drawn on the same pixels
-        scaled, _ = self.preprocess.to_scale(decode_image(src), pixel_size)
-        cam, _ = self._heatmap(scaled, class_index)
-        rgb = np.asarray(self.preprocess.geometry_only(scaled), dtype=np.float32) / 255.0
+        # prepared once (the red-cell estimate is the costly part), then mapped and drawn on the same pixels
+        seen, _ = self.preprocess.view(decode_image(src), pixel_size)
+        cam, _ = self._heatmap(seen, class_index)
+        rgb = np.asarray(seen, dtype=np.float32) / 255.0
         return Image.fromarray(show_cam_on_image(rgb, cam, use_rgb=True, image_weight=weight))

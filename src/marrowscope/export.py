@@ -36,7 +36,7 @@ def export_onnx(model_dir: str | Path, images: Sequence[ImageSource] = (), opset
     net = WithFeatures(net).eval()  # outputs logits and the pooled features of the domain check
     h, w = info.data_config["input_size"][1:]
     if images:
-        preprocess = Preprocess(info.data_config, info.scale)  # the Predictor's own preprocessing
+        preprocess = Preprocess.for_model(info)  # the Predictor's own preprocessing
         x = torch.stack([preprocess(decode_image(im))[0] for im in images])
     else:
         x = torch.randn(4, 3, h, w)
@@ -196,7 +196,7 @@ def export_int8(model_dir: str | Path, calibration: Sequence[ImageSource], name:
     if not calibration:
         raise MarrowscopeError("INT8 calibration needs images (training images of the model's manifest).")
     _, info = load_model_folder(model_dir)
-    preprocess = Preprocess(info.data_config, info.scale)
+    preprocess = Preprocess.for_model(info)
 
     class Reader(CalibrationDataReader):
         def __init__(self):

@@ -104,7 +104,7 @@ class Predictor:
         self.model_dir = resolve_model_dir(model_dir)
         self.info = read_model_info(self.model_dir)
         self.classes = self.info.classes
-        self.preprocess = Preprocess(self.info.data_config, self.info.scale, pixel_size)
+        self.preprocess = Preprocess.for_model(self.info, pixel_size)
         self.tta = self.info.tta if tta is None else tta
         # fitted on validation images by `marrowscope calibrate`; 1.0 = the network's own softmax
         self.temperature = self.info.temperature(self.tta)

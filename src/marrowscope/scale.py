@@ -8,7 +8,7 @@ central field of the training crops' size (in µm) is taken, mirrored out where 
 Where no red cells are found (marrow crops rarely show a whole one), the training images' own scale
 is assumed and the result says so; a user who knows the scale passes it (``--pixel-size``).
 
-Measured (``scripts/measure_scale.py``): 8 whole red cells in 8 of the 2,975 training and validation
+Measured (``scripts/fit_checks.py --only scale``): 8 whole red cells in 8 of the 2,975 training and validation
 crops of bone-marrow-7, median diameter 79 px (0.095 µm/px); other-lab-pbc, an estimate in 81 of the
 first 100 images (20 per class), median 0.100 µm/px (5-95%: 0.090-0.109).
 """

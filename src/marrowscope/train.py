@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import os
-import random
 import sys
 import time
 from dataclasses import replace
@@ -31,10 +30,11 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from marrowscope.artifacts import save_model_folder
-from marrowscope.config import FIT_CHECK_IMAGES, TrainConfig
+from marrowscope.config import TrainConfig
 from marrowscope.csvfiles import write_csv
 from marrowscope.data import count_table, format_skipped, format_table, load_samples
 from marrowscope.datasets import device_augmentation, loader_workers, make_loader, run_datasets
+from marrowscope.fits import fit_checks
 from marrowscope.manifest import write_manifest
 from marrowscope.errors import MarrowscopeError
 from marrowscope.model import create_network
@@ -204,19 +204,6 @@ def _resolve(cfg: TrainConfig) -> TrainConfig:
     return cfg
 
 
-def _fit_checks(model_dir: Path, samples: list, manifest: Path, data_root) -> None:
-    """The model folder's training scale (from red cells, where its images show any) and then its
-    domain check (on features of images at that scale)."""
-    from marrowscope import domain, scale
-    from marrowscope.artifacts import write_settings
-
-    paths = [s.path for s in samples if s.split != "test"]
-    measured = scale.measure(random.Random(0).sample(paths, min(len(paths), FIT_CHECK_IMAGES)))
-    if measured:
-        write_settings(model_dir, scale=measured)
-    domain.fit_for_model(model_dir, manifest, data_root)
-
-
 def _samples(cfg: TrainConfig) -> Optional[list]:
     """The run's samples, refusing a class without training images, or without validation images
     when the best epoch is to be chosen on them (``keep="best"``); None for a shard folder."""
@@ -287,10 +274,10 @@ def _save_best(cfg: TrainConfig, net, best_cb: ModelCheckpoint, data_config: dic
     if samples is not None:
         files["manifest.csv"].unlink()
     if cfg.checks and samples is not None:
-        _fit_checks(model_dir, samples, out / "manifest.csv", cfg.data_root)
+        fit_checks(model_dir, samples, out / "manifest.csv", cfg.data_root)
     elif cfg.checks:
-        print("trained on shards: the training scale and the domain check need the image files; fit them with "
-              "scripts/measure_scale.py and scripts/fit_domain.py on a manifest of the same images", file=sys.stderr)
+        print("trained on shards: the training scale, focus and domain check need the image files; fit them with "
+              "scripts/fit_checks.py on a manifest of the same images", file=sys.stderr)
     chosen = (f"best epoch val macro-F1 {extra['best_val_f1']} (validation split, {n_val} images)"
               if cfg.keep == "best" and n_val else "last epoch kept (no epoch chosen on validation images)")
     print(f"{chosen}; model folder: {model_dir}", file=sys.stderr)

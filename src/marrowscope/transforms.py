@@ -34,16 +34,27 @@ def eval_transform(data_config: dict):
 
 class Preprocess:
     """The one inference preprocessing: decoded image -> training scale and field of view (when the
-    model folder records its training pixel size, :mod:`marrowscope.scale`) -> the eval transform.
+    model folder records its training pixel size, :mod:`marrowscope.scale`) -> the eval transform's
+    resize and crop -> softened to the training images' sharpness if far crisper (when the folder
+    records it, :mod:`marrowscope.focus`) -> normalised tensor.
 
     Calling it returns (tensor [3, H, W], the image's :class:`~marrowscope.scale.Scale` or None).
     """
 
-    def __init__(self, data_config: dict, scale: Optional[dict] = None, pixel_size: Optional[float] = None):
+    def __init__(self, data_config: dict, scale: Optional[dict] = None, pixel_size: Optional[float] = None,
+                 focus: Optional[dict] = None):
+        from marrowscope.focus import MatchFocus
+
         self.scale = scale
         self.pixel_size = self.check_pixel_size(pixel_size)
-        self.transform = eval_transform(data_config)
-        self.geometry_only = eval_geometry(data_config)
+        self.focus = MatchFocus.from_settings(focus)
+        # focus matching goes between the two: on the pixels the network sees
+        self.geometry_only, self.to_tensor = eval_split(data_config)
+
+    @classmethod
+    def for_model(cls, info, pixel_size: Optional[float] = None) -> "Preprocess":
+        """The preprocessing a model folder (:class:`~marrowscope.artifacts.ModelInfo`) asks for."""
+        return cls(info.data_config, info.scale, pixel_size, info.focus)
 
     def check_pixel_size(self, pixel_size: Optional[float]) -> Optional[float]:
         """A user's pixel size (µm per pixel), checked; None or 0 means: estimate it."""
@@ -51,7 +62,7 @@ class Preprocess:
             return None
         if not self.scale:
             raise MarrowscopeError("this model folder records no training pixel size, so a pixel size cannot be "
-                                   "used with it; run scripts/measure_scale.py on its training images first.")
+                                   "used with it; run scripts/fit_checks.py on its training images first.")
         if not 0.01 <= pixel_size <= 2.0:
             raise MarrowscopeError(f"a pixel size of {pixel_size} µm is outside 0.01-2; light microscopes image "
                                    "cells at about 0.05-0.5 µm per pixel.")
@@ -67,22 +78,29 @@ class Preprocess:
         given = self.check_pixel_size(pixel_size) or self.pixel_size
         return ToTrainingScale(self.scale["pixel_size_um"], self.scale["field_px"], given)(image)
 
-    def __call__(self, image, pixel_size: Optional[float] = None):
+    def view(self, image, pixel_size: Optional[float] = None):
+        """(the pixels the network sees as a PIL image, the image's Scale or None)."""
         image, scale = self.to_scale(image, pixel_size)
-        return self.transform(image), scale
+        image = self.geometry_only(image)
+        return (self.focus(image)[0] if self.focus else image), scale
+
+    def __call__(self, image, pixel_size: Optional[float] = None):
+        image, scale = self.view(image, pixel_size)
+        return self.to_tensor(image), scale
 
     def geometry(self, image, pixel_size: Optional[float] = None):
         """The pixels the network sees, as a PIL image (for drawing Grad-CAM over them)."""
-        return self.geometry_only(self.to_scale(image, pixel_size)[0])
+        return self.view(image, pixel_size)[0]
 
 
-def eval_geometry(data_config: dict):
-    """The eval transform's resize and centre crop alone (PIL -> PIL): the pixels the network sees,
-    for drawing Grad-CAM over exactly them."""
+def eval_split(data_config: dict):
+    """The eval transform in two: (its resize and centre crop, PIL -> PIL: the pixels the network
+    sees; the rest, PIL -> normalised tensor)."""
     from torchvision import transforms as T
 
     steps = eval_transform(data_config).transforms
-    return T.Compose([s for s in steps if isinstance(s, (T.Resize, T.CenterCrop))])
+    geometry = [s for s in steps if isinstance(s, (T.Resize, T.CenterCrop))]
+    return T.Compose(geometry), T.Compose([s for s in steps if s not in geometry])
 
 
 class RandomRot90(torch.nn.Module):

@@ -1,0 +1,106 @@
+"""Focus matching: inputs far crisper than the training images are softened to their usual sharpness,
+in the one preprocessing path; everything else passes unchanged."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageEnhance, ImageFilter
+
+from marrowscope.artifacts import read_model_info
+from marrowscope.augment import unsharp
+from marrowscope.focus import MatchFocus, fit_for_model, measure, sharpness
+from marrowscope.transforms import Preprocess
+from tests.conftest import synthetic_cell
+from tests.test_bad_inputs import BAD, make_corpus
+
+CFG = {"input_size": (3, 64, 64), "interpolation": "bicubic", "mean": (0.5,) * 3, "std": (0.5,) * 3,
+       "crop_pct": 1.0, "crop_mode": "center"}
+
+
+def soft(seed=0) -> Image.Image:
+    return synthetic_cell(seed % 7, seed, size=64).filter(ImageFilter.GaussianBlur(1.5))
+
+
+def crisp(seed=0) -> Image.Image:
+    return unsharp(synthetic_cell(seed % 7, seed, size=64), 1.0, 2.0)
+
+
+def test_sharpness_ignores_contrast_and_falls_with_blur():
+    im = synthetic_cell(2, 3, size=64)
+    assert sharpness(ImageEnhance.Contrast(im).enhance(0.6)) == pytest.approx(sharpness(im), rel=0.1)
+    assert sharpness(im.filter(ImageFilter.GaussianBlur(1))) < 0.5 * sharpness(im) < sharpness(unsharp(im, 1, 2))
+    assert sharpness(Image.new("RGB", (32, 32), (200, 180, 190))) == 0.0
+
+
+def test_measure_takes_median_and_95th_percentile():
+    views = [soft(i) for i in range(20)]
+    values = [sharpness(v) for v in views]
+    got = measure(views)
+    assert got["median"] == pytest.approx(np.median(values), abs=1e-5)
+    assert got["above"] == pytest.approx(np.percentile(values, 95), abs=1e-5)
+    assert "20 training images" in got["how"]
+    assert measure([]) is None
+
+
+def test_images_within_the_training_range_pass_untouched_and_crisp_ones_are_softened():
+    settings = measure([soft(i) for i in range(20)])
+    match = MatchFocus.from_settings(settings)
+    inside = soft(3)
+    out, sigma = match(inside)
+    assert out is inside and sigma == 0.0
+    sharp = crisp(4)
+    assert sharpness(sharp) > settings["above"]
+    out, sigma = match(sharp)
+    assert sigma > 0 and 0.7 * settings["median"] <= sharpness(out) <= 1.3 * settings["median"]
+    assert sharpness(out) < settings["above"] < sharpness(sharp)
+    assert MatchFocus.from_settings(None) is None and MatchFocus.from_settings({"how": "x"}) is None
+
+
+def test_preprocess_applies_it_between_resize_and_tensor_and_changes_nothing_without_it():
+    settings = measure([soft(i) for i in range(20)])
+    plain, focused = Preprocess(CFG), Preprocess(CFG, focus=settings)
+    inside = soft(5)
+    assert torch.equal(plain(inside)[0], focused(inside)[0])
+    big = crisp(6).resize((128, 128), Image.BICUBIC)  # crisp at the network's input size too
+    seen = focused.geometry(big)
+    assert seen.size == (64, 64) and sharpness(seen) <= 1.3 * settings["median"]
+    assert torch.equal(focused(big)[0], focused.to_tensor(seen))
+    assert not torch.equal(plain(big)[0], focused(big)[0])
+
+
+def test_train_measures_it_and_fit_skips_bad_files(tiny_model, tmp_path):
+    assert {"median", "above", "how"} <= set(read_model_info(tiny_model).focus)
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    cls, odd = make_corpus(tmp_path / "corpus")
+    paths = sorted(cls.iterdir())
+    got = fit_for_model(model, paths)  # bad files are skipped, the readable ones measured
+    assert f"{len(odd)} training images" in got["how"]
+    assert json.loads((model / "config.json").read_text())["marrowscope"]["focus"] == got
+    assert fit_for_model(model, [cls / name for name in BAD]) is None  # nothing readable: nothing written
+    assert read_model_info(model).focus == got
+
+
+def test_fit_checks_script_fits_a_folder_made_without_them(tiny_model, tmp_path, capsys, monkeypatch):
+    import runpy
+    import sys
+    from pathlib import Path
+
+    from marrowscope.artifacts import write_settings
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    write_settings(model, focus=None, domain=None)  # as trained with --no-checks
+    (model / "domain.safetensors").unlink()
+    assert read_model_info(model).focus is None
+    script = Path(__file__).parents[1] / "scripts" / "fit_checks.py"
+    monkeypatch.setattr(sys, "argv", ["fit_checks.py", str(model), "--only", "focus", "domain",
+                                      "--data", str(tiny_model / "manifest.csv")])
+    runpy.run_path(str(script), run_name="__main__")
+    out = capsys.readouterr().out
+    assert out.startswith("focus: {") and "\ndomain: {" in out and "scale" not in out
+    assert {"median", "above"} <= set(read_model_info(model).focus)
+    assert (model / "domain.safetensors").is_file() and read_model_info(model).extra["domain"]["threshold"] > 0
