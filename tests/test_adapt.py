@@ -10,6 +10,7 @@ import pytest
 from marrowscope.adapt import adapt
 from marrowscope.artifacts import read_model_info
 from marrowscope.cli import main
+from marrowscope.errors import MarrowscopeError
 from tests.conftest import make_dataset, synthetic_cell
 
 
@@ -89,3 +90,26 @@ def test_reviewed_zip_from_the_app_adapts_as_it_is(tiny_model, tmp_path):
     data = _zip(tmp_path / "reviewed.zip", [*members, ("labels.csv", labels)])
     r = adapt(data, tiny_model, tmp_path / "ours", epochs=1, workers=0)
     assert r["cells"] == 6 and r["held_out"] == 0  # 3 per class: too few to hold any out
+
+
+def test_mix_blends_the_fine_tuned_weights_with_the_source(tiny_model, tmp_path):
+    import torch
+
+    from marrowscope.artifacts import load_model_folder
+
+    cells = make_dataset(tmp_path / "lab", per_class=4, classes=("EOS", "LYT"))
+    source = load_model_folder(tiny_model)[0].state_dict()
+    nets = {}
+    for mix in (0.0, 0.5, 1.0):
+        r = adapt(cells, tiny_model, tmp_path / f"mix{mix}", epochs=2, workers=0, holdout=0, mix=mix)
+        assert r["mix"] == mix
+        nets[mix] = load_model_folder(tmp_path / f"mix{mix}")[0].state_dict()
+    with pytest.raises(MarrowscopeError, match="between 0"):
+        adapt(cells, tiny_model, tmp_path / "bad", epochs=1, workers=0, mix=1.5)
+    assert not (tmp_path / "bad").exists()
+    floats = [k for k, v in source.items() if v.is_floating_point()]
+    moved = [k for k in floats if not torch.allclose(nets[1.0][k], source[k], atol=1e-3)]
+    assert moved  # the fine-tune changed weights
+    for k in moved:
+        assert torch.allclose(nets[0.0][k], source[k], atol=1e-3)  # mix 0: the source itself
+        assert torch.allclose(nets[0.5][k], (nets[1.0][k] + source[k]) / 2, atol=2e-3)  # halfway

@@ -57,6 +57,8 @@ def test_images_within_the_training_range_pass_untouched_and_crisp_ones_are_soft
     assert sigma > 0 and 0.7 * settings["median"] <= sharpness(out) <= 1.3 * settings["median"]
     assert sharpness(out) < settings["above"] < sharpness(sharp)
     assert MatchFocus.from_settings(None) is None and MatchFocus.from_settings({"how": "x"}) is None
+    flat = measure([Image.new("RGB", (64, 64), (200, 180, 190))] * 3)  # nothing to match: no division by 0
+    assert flat["median"] == 0 and MatchFocus.from_settings(flat) is None
 
 
 def test_preprocess_applies_it_between_resize_and_tensor_and_changes_nothing_without_it():

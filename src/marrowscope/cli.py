@@ -242,6 +242,8 @@ def _add_adapt(sub) -> None:
     s.add_argument("--lr", type=float, default=3e-4)
     s.add_argument("--holdout", type=float, default=0.2, help="share of each class held out to measure on")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--mix", type=float, default=None, help="weight of the fine-tuned network against the source's "
+                   "(default 0.5: keeps what the source knows, README 'Adapting to a lab'; 1: the fine-tune alone)")
     s.add_argument("--workers", type=int, default=2)
     s.add_argument("--data-root", default=None, help="folder that now holds a manifest's class folders")
     s.set_defaults(func=cmd_adapt)
@@ -251,7 +253,7 @@ def cmd_adapt(a) -> None:
     from marrowscope.adapt import adapt
 
     r = adapt(a.data, a.source, a.out, replay=a.replay, epochs=a.epochs, lr=a.lr, holdout=a.holdout, seed=a.seed,
-              workers=a.workers, data_root=a.data_root)
+              workers=a.workers, data_root=a.data_root, **({} if a.mix is None else {"mix": a.mix}))
     for u in r["unreadable"]:
         print(f"skipped {u['path']}: {u['reason']}", file=sys.stderr)
     print(f"adapted {r['source']} on {r['cells']} cells (+{r['replayed']} replayed) into {a.out}")

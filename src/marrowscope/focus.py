@@ -10,9 +10,9 @@ model meets inputs like those it learnt from; images within the training range p
 Sharpness here is the variance of the Laplacian of the gray image divided by the variance of the
 gray image: the share of its contrast at the finest scale. Dividing makes it independent of
 contrast and brightness (the plain Laplacian variance grows with contrast, which the network
-copes with). Measured on the bundled model's view (``scripts/fit_checks.py``): median 0.011 over
-bone-marrow-7's training images, 95th percentile 0.025; other-lab-pbc's first 20 images per
-class, median 0.036.
+copes with). Measured on the bundled model's view: median 0.0115 over bone-marrow-7's training
+images, 95th percentile 0.0252 (``scripts/fit_checks.py``); other-lab-pbc's first 20 images per
+class, median 0.0355 (``scripts/lab_sensitivity.py``).
 """
 
 from __future__ import annotations
@@ -45,8 +45,9 @@ class MatchFocus:
 
     @classmethod
     def from_settings(cls, settings: Optional[dict]) -> Optional["MatchFocus"]:
-        """From a model folder's ``marrowscope.focus`` settings; None where it has none."""
-        if not settings or not {"median", "above"} <= set(settings):
+        """From a model folder's ``marrowscope.focus`` settings; None where it has none, or where its
+        training images had no measurable detail (flat images: nothing to match)."""
+        if not settings or not {"median", "above"} <= set(settings) or settings["median"] <= 0:
             return None
         return cls(settings["median"], settings["above"])
 
