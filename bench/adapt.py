@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from marrowscope.adapt import adapt
+from marrowscope.adapt import MIX, adapt
 from marrowscope.artifacts import resolve_model_dir
 from marrowscope.data import default_data_dir
 from marrowscope.evaluate import evaluate
@@ -27,7 +27,7 @@ def main() -> None:
     ap.add_argument("--cells", type=int, nargs="+", default=[5, 10, 20])
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--mix", type=float, default=None, help="default: adapt's own")
+    ap.add_argument("--mix", type=float, default=MIX)
     ap.add_argument("--out", default="bench/adapt.json")
     a = ap.parse_args()
     source = resolve_model_dir(a.model)
@@ -52,13 +52,12 @@ def main() -> None:
             for seed in a.seeds:
                 out = work / f"adapted{k}_{seed}"
                 t = time.perf_counter()
-                done = adapt(cells, source, out, epochs=a.epochs, holdout=0, seed=seed,
-                             **({} if a.mix is None else {"mix": a.mix}))
+                adapt(cells, source, out, epochs=a.epochs, holdout=0, seed=seed, mix=a.mix)
                 secs = time.perf_counter() - t
                 lab = evaluate(Predictor(out), rest, "all")
                 own = evaluate(Predictor(out), source / "manifest.csv", "test")
                 recall = {c: r["recall"] for c, r in lab["per_class"].items() if r["support"]}
-                rows.append({"cells_per_class": k, "seed": seed, "mix": done["mix"], "adapt_seconds": round(secs, 1),
+                rows.append({"cells_per_class": k, "seed": seed, "mix": a.mix, "adapt_seconds": round(secs, 1),
                              "other_lab_accuracy_before": before_lab["accuracy"],
                              "other_lab_accuracy_after": lab["accuracy"], "other_lab_recall_after": recall,
                              "own_test_macro_f1_before": before_own["macro_f1"],

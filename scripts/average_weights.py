@@ -12,9 +12,7 @@ Float weights and BatchNorm statistics are averaged; integer buffers (batch coun
 import argparse
 from pathlib import Path
 
-import torch
-
-from marrowscope.artifacts import load_model_folder, save_model_folder
+from marrowscope.artifacts import blend_weights, load_model_folder, save_model_folder
 from marrowscope.errors import MarrowscopeError
 
 
@@ -24,10 +22,7 @@ def average(folders: list[Path], out: Path) -> Path:
         if (info.architecture, info.classes) != (infos[0].architecture, infos[0].classes):
             raise MarrowscopeError(f"'{f}' is a {info.architecture} over {info.classes}, not a "
                                    f"{infos[0].architecture} over {infos[0].classes}: only like models average.")
-    states = [n.state_dict() for n in nets]
-    mean = {k: torch.stack([s[k].float() for s in states]).mean(0).to(v.dtype) if v.is_floating_point() else v
-            for k, v in states[0].items()}
-    nets[0].load_state_dict(mean)
+    nets[0].load_state_dict(blend_weights([n.state_dict() for n in nets], [1 / len(nets)] * len(nets)))
     settings = {**infos[0].extra, "averaged_from": [f.name for f in folders]}
     return save_model_folder(nets[0], out, infos[0].classes, infos[0].data_config, extra=settings, half=True)
 

@@ -17,7 +17,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Optional
 
-from marrowscope.artifacts import CONFIG, load_model_folder, read_model_info, resolve_model_dir, save_model_folder
+from marrowscope.artifacts import (CONFIG, blend_weights, load_model_folder, read_model_info, resolve_model_dir,
+                                   save_model_folder)
 from marrowscope.data import Sample, load_samples, prepare, scan_folder
 from marrowscope.errors import MarrowscopeError, Unreadable
 from marrowscope.uploads import UNPACK_ERRORS
@@ -127,13 +128,6 @@ def _fine_tune(model_dir: Path, cells: list[Sample], classes: list[str], data_co
     return net.eval().float(), ds.skipped
 
 
-def _mix_with_source(net, source: Path, mix: float) -> None:
-    """Weights ``mix`` * fine-tuned + (1 - ``mix``) * source, in place (Wortsman et al. 2022, WiSE-FT)."""
-    start = load_model_folder(source)[0].state_dict()
-    net.load_state_dict({k: mix * v + (1 - mix) * start[k] if v.is_floating_point() else v
-                         for k, v in net.state_dict().items()})
-
-
 def _accuracy(model_dir: Path, cells: list[Sample]) -> Optional[float]:
     if not cells:
         return None
@@ -157,7 +151,7 @@ def adapt(data: str | Path, from_model: Optional[str | Path], out: str | Path, *
         raise MarrowscopeError(f"mix must be between 0 (the source's weights) and 1 (the fine-tune's), not {mix}.")
     if (out / CONFIG).is_file() or (out / "model" / CONFIG).is_file():
         raise MarrowscopeError(f"'{out}' is already a model folder; adapt writes a new one: choose another --out.")
-    _, info = load_model_folder(source)
+    start, info = load_model_folder(source)  # kept for mixing: the fine-tune trains its own copy
     L.seed_everything(seed, workers=True, verbose=False)
     with tempfile.TemporaryDirectory() as work:
         cells, skipped = read_cells(data, info.classes, Path(work), data_root)
@@ -165,8 +159,8 @@ def adapt(data: str | Path, from_model: Optional[str | Path], out: str | Path, *
         replayed = replay_cells(source, replay, REPLAY_PER_CLASS, seed)
         net, more = _fine_tune(source, [*train, *replayed], info.classes, info.data_config, epochs=epochs, lr=lr,
                                batch_size=batch_size, workers=workers)
-        if mix < 1:
-            _mix_with_source(net, source, mix)
+        if mix < 1:  # WiSE-FT (Wortsman et al. 2022)
+            net.load_state_dict(blend_weights([net.state_dict(), start.state_dict()], [mix, 1 - mix]))
         counts = Counter(s.label for s in train)
         summary = {"source": source.name, "data": Path(data).name, "cells": len(train), "per_class": dict(counts),
                    "replayed": len(replayed), "held_out": len(held), "epochs": epochs, "lr": lr, "seed": seed,

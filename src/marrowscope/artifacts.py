@@ -173,6 +173,14 @@ def load_model_folder(path: str | Path) -> tuple[nn.Module, ModelInfo]:
     return net.eval(), info
 
 
+def blend_weights(states: Sequence[dict], weights: Sequence[float]) -> dict:
+    """sum_i weights[i] * states[i] of like networks' state dicts, for floating tensors (weights and
+    BatchNorm statistics, computed in float32, stored in the first's dtype); other tensors (batch
+    counts) are the first's. A model soup (scripts/average_weights.py) and WiSE-FT (``adapt --mix``)."""
+    return {k: sum(w * s[k].float() for w, s in zip(weights, states)).to(v.dtype) if v.is_floating_point() else v
+            for k, v in states[0].items()}
+
+
 def resolve_model_dir(path: Optional[str | Path]) -> Path:
     """The model folder a command should use: the one named (a run folder means its ``model/``),
     else the bundled default."""
