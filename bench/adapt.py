@@ -62,7 +62,10 @@ def main() -> None:
                              "other_lab_accuracy_after": lab["accuracy"], "other_lab_recall_after": recall,
                              "own_test_macro_f1_before": before_own["macro_f1"],
                              "own_test_macro_f1_after": own["macro_f1"],
-                             "own_test_blast_recall_after": own["per_class"]["BLA"]["recall"]})
+                             "own_test_blast_recall_after": own["per_class"]["BLA"]["recall"],
+                             # the adapted folder's refitted domain check on both labs' images
+                             "other_lab_warned_after": lab.get("unusual_share"),
+                             "own_test_warned_after": own.get("unusual_share")})
                 print(json.dumps(rows[-1]), flush=True)
     Path(a.out).write_text(json.dumps(rows, indent=2) + "\n")
 

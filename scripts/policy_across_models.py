@@ -3,7 +3,7 @@
 The shipped model is none of the fold models whose out-of-fold predictions fit its policy. This
 script measures what that costs without touching the test split: for each fold k, the temperature
 and the policy are fitted on the out-of-fold predictions of the other folds' models and applied to
-fold k's own model on fold k's images, a model the fit never saw.
+fold k's own model on fold k's images, a model the fit never saw. The calls use the fitted blast weight.
 
     python scripts/policy_across_models.py runs/gpu11/student/oof.npz [--no-tta] [--out FILE.json]
 """
@@ -22,16 +22,20 @@ from marrowscope.predict import probs_from_logits
 
 def held_out(views: np.ndarray, y: np.ndarray, folds: np.ndarray, classes: list, key: str) -> dict:
     """The decisions of each fold's model on its own fold, under a policy fitted on the other folds."""
-    decisions, probs = np.empty(len(y), dtype=object), np.zeros(views.shape[1:], dtype=np.float32)
+    decisions, pred = np.empty(len(y), dtype=object), np.zeros(len(y), dtype=int)
     thresholds = []
     for k in np.unique(folds):
         fit, test = folds != k, folds == k
         s = fit_settings(views[:, fit], y[fit], classes)[key]
         p = probs_from_logits(views[:1, test] if key == "no_tta" else views[:, test], s["temperature"])
-        decisions[test], probs[test] = Policy.from_settings(s["policy"]).decide(p, classes), p
+        policy = Policy.from_settings(s["policy"])
+        decisions[test], pred[test] = policy.decide(p, classes), policy.classify(p, classes)
         thresholds.append({"fold": int(k), "blast": s["policy"]["blast_threshold"],
-                           "accept": s["policy"]["accept_threshold"]})
-    return {"thresholds": thresholds, **decision_metrics(decisions, probs, y, classes)}
+                           "accept": s["policy"]["accept_threshold"], "blast_weight": s["policy"]["blast_weight"]})
+    from sklearn.metrics import f1_score
+
+    return {"thresholds": thresholds, "macro_f1": round(float(f1_score(y, pred, average="macro")), 4),
+            **decision_metrics(decisions, pred, y, classes)}
 
 
 def main() -> None:
@@ -44,8 +48,11 @@ def main() -> None:
     views, y, folds, classes = z["logits"], z["y"], z["folds"], [str(c) for c in z["classes"]]
     key = "tta" if a.tta else "no_tta"
     r = {"oof": a.oof, "setting": key, **held_out(views, y, folds, classes, key)}
-    print(f"{key}: blast catch {r['blast_catch']:.3f} ({r['blasts_missed_unflagged']} of {r['blasts']} "
-          f"missed, {r['blasts_accepted_as_other']} accepted as another type); accepted {r['accepted_share']:.3f} "
+    weights = ", ".join(f"{t['blast_weight']:.2f}" for t in r["thresholds"])
+    print(f"{key}: macro-F1 {r['macro_f1']:.3f}, blast recall {r['blast_recall']:.3f} (weights {weights}); "
+          f"blast catch {r['blast_catch']:.3f} "
+          f"({r['blasts_missed_unflagged']} of {r['blasts']} missed, {r['blasts_accepted_as_other']} accepted as "
+          f"another type); accepted {r['accepted_share']:.3f} "
           f"at {r['accepted_accuracy']:.3f}; blast thresholds "
           + ", ".join(f"{t['blast']:.3f}" for t in r["thresholds"]))
     if a.out:

@@ -3,12 +3,13 @@
 import hashlib
 import io
 import re
+import shutil
 import zipfile
 
 import pytest
 
 from marrowscope.adapt import adapt
-from marrowscope.artifacts import read_model_info
+from marrowscope.artifacts import read_model_info, write_settings
 from marrowscope.cli import main
 from marrowscope.errors import MarrowscopeError
 from tests.conftest import make_dataset, synthetic_cell
@@ -113,3 +114,32 @@ def test_mix_blends_the_fine_tuned_weights_with_the_source(tiny_model, tmp_path)
     for k in moved:
         assert torch.allclose(nets[0.0][k], source[k], atol=1e-3)  # mix 0: the source itself
         assert torch.allclose(nets[0.5][k], (nets[1.0][k] + source[k]) / 2, atol=2e-3)  # halfway
+
+
+def test_adapted_folder_keeps_the_thresholds_but_not_the_blast_weight(tiny_model, tmp_path):
+    source = shutil.copytree(tiny_model, tmp_path / "model")
+    policy = {"accept_threshold": 0.9, "blast_threshold": 0.05, "blast_weight": 3.0}
+    write_settings(source, policy={"tta": policy, "no_tta": policy})
+    cells = make_dataset(tmp_path / "lab", per_class=4, classes=("EOS", "LYT"))
+    adapt(cells, source, tmp_path / "ours", epochs=1, workers=0)
+    # the weight was fitted for the source network on images like its own: the new lab's are not
+    assert read_model_info(tmp_path / "ours").policy(False) == {**policy, "blast_weight": 1.0}
+    assert read_model_info(source).policy(False) == policy
+
+
+def test_adapted_domain_check_does_not_flag_both_labs_images(tiny_run, tmp_path):
+    """The refitted check's threshold comes from images outside its fit: from in-fit scores it had
+    flagged nearly every image of either lab."""
+    from marrowscope.manifest import read_manifest
+    from marrowscope.predict import Predictor
+
+    cells = make_dataset(tmp_path / "lab", per_class=16, classes=("EOS", "LYT", "MON"))
+    fresh = sorted(cells.rglob("*.png"))[1::2]  # new-lab cells the adapted folder never sees
+    for f in fresh:
+        f.rename(tmp_path / f.name)
+    adapt(cells, tiny_run / "model", tmp_path / "ours", epochs=1, workers=0, holdout=0)
+    p = Predictor(tmp_path / "ours")
+    own = [s.path for s in read_manifest(tiny_run / "manifest.csv") if s.split == "test"]
+    for images in (own, [tmp_path / f.name for f in fresh]):
+        flagged = [p.is_unusual(r) for r in p.predict_many(images)]
+        assert sum(flagged) <= len(flagged) // 3, f"{sum(flagged)} of {len(flagged)} flagged"

@@ -33,16 +33,69 @@ def _cells(n: int, seed: int):
 
 def test_fitted_policy_keeps_its_targets_on_new_cells():
     probs, y = _cells(3000, 0)
-    fitted = fit_policy(probs, y, CLASSES, catch=0.97, accuracy=0.97, delta=0.1)
+    fitted = fit_policy(probs, y, CLASSES, catch=0.97, accuracy=0.97, delta=0.1, recall=0)
     policy = Policy.from_settings(fitted)
+    assert policy.blast_weight == 1.0  # recall 0: the most probable class
     assert policy.fitted and 0.3 <= policy.accept_threshold <= 1.0 and 0 < policy.blast_threshold < 1
     new_probs, new_y = _cells(20000, 1)
-    m = decision_metrics(policy.decide(new_probs, CLASSES), new_probs, new_y, CLASSES)
+    m = decision_metrics(policy.decide(new_probs, CLASSES), policy.classify(new_probs, CLASSES), new_y, CLASSES)
     assert m["blast_catch"] >= 0.96  # 97% target, finite-sample noise of one draw
     assert m["accepted_accuracy"] >= 0.965 and m["accepted_share"] > 0.2
     # without the blast rule these missed blasts would go unflagged
-    plain = decision_metrics(Policy(policy.accept_threshold).decide(new_probs, CLASSES), new_probs, new_y, CLASSES)
+    plain = decision_metrics(Policy(policy.accept_threshold).decide(new_probs, CLASSES), new_probs.argmax(1), new_y,
+                             CLASSES)
     assert plain["blast_catch"] < m["blast_catch"]
+
+
+def _doubtful_blasts(n: int, seed: int):
+    """Cells called right 80% of the time, where a missed blast keeps a P(BLA) of 40-90% of the leading
+    (wrong) class's probability: the blasts a cost-weighted call can win back."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, len(CLASSES), n)
+    wrong = (y + rng.integers(1, len(CLASSES), n)) % len(CLASSES)
+    pred = np.where(rng.random(n) < 0.8, y, wrong)
+    logits = rng.normal(0, 0.3, (n, len(CLASSES)))
+    logits[np.arange(n), pred] += 2.0
+    blast_missed = (y == B) & (pred != B)
+    ratio = rng.uniform(0.4, 0.9, blast_missed.sum())
+    logits[blast_missed, B] = logits[blast_missed, pred[blast_missed]] + np.log(ratio)
+    e = np.exp(logits)
+    return e / e.sum(1, keepdims=True), y
+
+
+def test_blast_weight_reaches_its_recall_on_new_cells_and_only_favours_blasts():
+    probs, y = _doubtful_blasts(4000, 0)
+    fitted = fit_policy(probs, y, CLASSES, recall=0.9)
+    policy = Policy.from_settings(fitted)
+    assert 1 < policy.blast_weight < 3 and fitted["targets"]["blast_recall"] == 0.9
+    new_probs, new_y = _doubtful_blasts(20000, 1)
+    pred = policy.classify(new_probs, CLASSES)
+    plain = new_probs.argmax(1)
+    m = decision_metrics(policy.decide(new_probs, CLASSES), pred, new_y, CLASSES)
+    assert m["blast_recall"] >= 0.88 > (plain[new_y == B] == B).mean() + 0.05  # 90% target, one draw's noise
+    assert m["non_blasts_called_blast"] > (plain[new_y != B] == B).mean()  # the price, reported
+    changed = pred != plain
+    assert changed.any() and (pred[changed] == B).all()  # it only ever turns calls into blasts
+    assert fitted["on_calibration_cells"]["blast_recall"] >= 0.9
+
+
+def test_a_cell_called_a_blast_below_the_top_is_not_accepted_and_says_why():
+    from marrowscope.views import cell_advice
+
+    p = np.array([[0.30, 0.0, 0.45, 0.0, 0.0, 0.0, 0.25],   # LYT leads, but P(BLA) >= 1/2 of it
+                  [0.20, 0.0, 0.45, 0.0, 0.0, 0.0, 0.35],   # P(BLA) below half the lead: LYT
+                  [0.0, 0.0, 0.97, 0.0, 0.0, 0.0, 0.03]])
+    policy = Policy(0.4, 0.1, True, blast_weight=2.0)
+    assert [CLASSES[i] for i in policy.classify(p, CLASSES)] == ["BLA", "LYT", "LYT"]
+    assert [CLASSES[i] for i in policy.classify(p, CLASSES, np.array([False, True, True]))] == ["LYT", "LYT", "LYT"]
+    assert "Called a blast" not in cell_advice(policy, CLASSES, p[0], ("LYT", 0.45), usual=False)
+    # accepted by the called class's probability (0.30 < 0.4); the second is LYT, but its P(BLA) flags it
+    assert list(policy.decide(p, CLASSES)) == ["review", "possible-blast", "accepted"]
+    assert policy.predicted(p[0], CLASSES) == ("BLA", 0.30)
+    text = cell_advice(policy, CLASSES, p[0], ("LYT", 0.45))
+    assert "Called a blast" in text and "1/2.00" in text and "45%" in text
+    assert "called a blast when P(BLA) >= 1/2.00" in policy.describe()
+    assert Policy.from_settings({"accept_threshold": 0.9, "blast_threshold": 0.1}).blast_weight == 1.0  # older folders
 
 
 def test_policy_accepts_nothing_when_no_threshold_is_accurate_enough():
@@ -89,6 +142,50 @@ def test_calibrate_from_oof_then_predict_and_evaluate_write_decisions(tmp_path, 
     assert len(rows) == 3 and all(r["decision"] in ("accepted", "review", "possible-blast") for r in rows)
 
 
+def test_every_writer_uses_the_weighted_call(tmp_path, tiny_run):
+    """A huge blast weight calls every cell a blast: predict's CSV and counts, evaluate's CSV and metrics,
+    and the app's batch table must all say so, while top1 stays the most probable class."""
+    import json
+
+    from marrowscope.app import batch
+    from marrowscope.artifacts import write_settings
+    from marrowscope.batch import run_batch
+    from marrowscope.classes import display_name
+    from marrowscope.cli import main
+    from marrowscope.predict import Predictor
+
+    model = shutil.copytree(tiny_run / "model", tmp_path / "m")
+    settings = {"accept_threshold": 0.5, "blast_threshold": None, "blast_weight": 1e6}
+    write_settings(model, policy={"tta": settings, "no_tta": settings})
+    images = [p for c in ("EOS", "NGS") for p in sorted((tiny_run.parent / "cells" / c).iterdir())[:3]]
+    assert main(["predict", "--model", str(model), *map(str, images), "--out", str(tmp_path / "p.csv")]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "p.csv")))
+    assert {r["predicted"] for r in rows} == {"BLA"} and {r["top1"] for r in rows} != {"BLA"}
+    assert {r["unusual"] for r in rows} == {"no"}  # the weight holds only where the domain check finds usual
+    for r in rows:  # the probability shown is the called class's, not the top one's
+        tops = {r[f"top{i}"]: float(r[f"p{i}"]) for i in (1, 2, 3)}
+        assert "BLA" not in tops or float(r["probability"]) == tops["BLA"]
+    counts = {r["class"]: int(r["cells"]) for r in csv.DictReader(open(tmp_path / "p_counts.csv"))}
+    assert counts["BLA"] == 6
+    assert main(["evaluate", "--model", str(model), str(tiny_run / "manifest.csv"), "--split", "test",
+                 "--out", str(tmp_path / "ev")]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "ev" / "predictions.csv")))
+    usual = [r for r in rows if r["unusual"] == "no"]
+    assert usual and {r["predicted"] for r in usual} == {"BLA"}
+    assert all(r["predicted"] == max(CLASSES, key=lambda c: float(r[c])) for r in rows if r["unusual"] == "yes")
+    m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert m["per_class"]["BLA"]["recall"] == m["decisions"]["blast_recall"] > 0
+    # the metrics count the same calls as the CSV
+    assert sum(row[B] for row in m["confusion_matrix"]) == sum(r["predicted"] == "BLA" for r in rows)
+    table = batch(Predictor(model), [str(p) for p in images])[0]
+    assert {r[1] for r in table} == {display_name("BLA")}
+    # images unlike the training ones get the most probable class (the weight was fitted on usual ones)
+    odd = Predictor(model)
+    odd.unusual_above = -np.inf
+    rows = run_batch(odd, images).rows
+    assert all(r["unusual"] == "yes" and r["predicted"] == r["top1"] for r in rows)
+
+
 def test_calibrate_refuses_oof_of_other_classes(tmp_path, tiny_model):
     from marrowscope.calibrate import calibrate
     from marrowscope.errors import MarrowscopeError
@@ -98,3 +195,14 @@ def test_calibrate_refuses_oof_of_other_classes(tmp_path, tiny_model):
     np.savez(oof, logits=np.zeros((1, 4, 3)), y=np.zeros(4, int), classes=np.array(["A", "B", "C"]))
     with pytest.raises(MarrowscopeError, match="model's classes"):
         calibrate(Predictor(tiny_model), oof=oof, write=False)
+
+
+@pytest.mark.parametrize("flag, value", [("--blast-recall", "1.2"), ("--blast-recall", "-0.1"), ("--blast-catch", "0")])
+def test_calibrate_targets_out_of_range_are_a_sentence_and_nothing_is_written(tmp_path, tiny_model, capsys, flag,
+                                                                               value):
+    from marrowscope.cli import main
+
+    before = (tiny_model / "config.json").read_bytes()
+    assert main(["calibrate", "--model", str(tiny_model), "--oof", str(tmp_path / "none.npz"), flag, value]) == 2
+    assert f"{flag} must be a fraction" in capsys.readouterr().err
+    assert (tiny_model / "config.json").read_bytes() == before

@@ -26,7 +26,7 @@ from marrowscope.plots import count_figure
 from marrowscope.predict import Predictor
 from marrowscope.review import export_review
 from marrowscope.uploads import expand_uploads
-from marrowscope.views import data_views, example_images, model_views, scratch_dir
+from marrowscope.views import cell_advice, data_views, example_images, model_views, scratch_dir
 
 MAX_UPLOAD = "15mb"              # per file, enforced by Gradio before a handler runs
 STATE_TTL_S = 3600               # a session's batch folder goes an hour after its last use
@@ -55,34 +55,21 @@ def classify(predictor: Predictor, explainer, image_path: Optional[str], review_
     try:
         pred = predictor.predict_one(image_path, pixel_size or None)
         top = pred.top_k(predictor.classes, 3)
+        policy, usual = batch_policy(predictor, review_below), not predictor.is_unusual(pred)
+        call = policy.predicted(pred.probs, predictor.classes, usual)  # top[0], unless the blast weight calls BLA
         # the overlay reuses the pixel size the prediction used, rather than estimating it again
         used = pixel_size or (pred.scale.pixel_size_um if pred.scale else None)
-        overlay = explainer.overlay(image_path, predictor.classes.index(top[0][0]), pixel_size=used) \
+        overlay = explainer.overlay(image_path, predictor.classes.index(call[0]), pixel_size=used) \
             if explainer else None
     except MarrowscopeError as exc:
         raise gr.Error(_tidy(str(exc), image_path, Path(image_path).name)) from None
-    advice = _advice(predictor, pred.probs, top, review_below)
-    if predictor.is_unusual(pred):
+    advice = cell_advice(policy, predictor.classes, pred.probs, top[0], usual)
+    if not usual:
         advice = "**Warning:** this image looks unlike the images the model learnt from: results may be wrong.\n\n" \
                  + advice
     if pred.scale is not None:
         advice += f"\n\nScale: {pred.scale}."
     return {display_name(c): v for c, v in top}, overlay, advice
-
-
-def _advice(predictor: Predictor, probs, top: list, review_below: float) -> str:
-    """The cell's decision (the model folder's review policy) in a sentence."""
-    policy = batch_policy(predictor, review_below)
-    decision = str(policy.decide(probs, predictor.classes)[0])
-    label, p = top[0]
-    if decision == "possible-blast":
-        p_blast = float(probs[list(predictor.classes).index("BLA")])
-        return (f"**Possible blast: review by a person.** Predicted {display_name(label)} ({p:.0%}), but the "
-                f"blast probability ({p_blast:.0%}) is too high to rule a blast out.")
-    if decision == "review":
-        return (f"**Review by a person:** the model is not sure enough to accept this cell (top probability {p:.0%}, "
-                f"accepted from {policy.accept_threshold:.0%}). Its best guess is {display_name(label)}.")
-    return f"Most likely **{display_name(label)}** ({p:.0%}): accepted."
 
 
 def _tidy(message: str, path, name: str) -> str:

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
+import numpy as np
+
 from marrowscope.config import REVIEW_BELOW
 from marrowscope.csvfiles import write_csv
 from marrowscope.errors import Unreadable
@@ -67,15 +69,19 @@ class BatchResult:
                    "review": "", "error": result.reason}
         else:
             top = result.top_k(self.classes, self.top_k)
-            decision = str(self.policy.decide(result.probs, self.classes)[0])
-            row = {"file": name, "status": "ok", "predicted": top[0][0], "probability": round(top[0][1], 4),
+            checked = result.domain_score is not None and self.unusual_above is not None
+            usual = not (checked and result.domain_score > self.unusual_above)
+            # top[0], unless the blast weight calls a blast
+            label, p = self.policy.predicted(result.probs, self.classes, usual)
+            decision = str(self.policy.decide(result.probs, self.classes, np.array([usual]))[0])
+            row = {"file": name, "status": "ok", "predicted": label, "probability": round(p, 4),
                    "decision": decision, "review": "yes" if decision != "accepted" else "", "error": "",
                    "scale": str(result.scale or "")}
             for i, (label, p) in enumerate(top, 1):
                 row[f"top{i}"], row[f"p{i}"] = label, round(p, 4)
-            if result.domain_score is not None and self.unusual_above is not None:
+            if checked:
                 row["domain_score"] = round(result.domain_score, 3)
-                row["unusual"] = "yes" if result.domain_score > self.unusual_above else "no"
+                row["unusual"] = "no" if usual else "yes"
         self.rows.append(row)
         return row
 

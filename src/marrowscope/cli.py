@@ -165,6 +165,8 @@ def _add_calibrate(sub) -> None:
     s.add_argument("--split", default="val", choices=[sp for sp in SPLITS if sp != "test"])
     s.add_argument("--oof", default=None, help="fit on the oof.npz of `marrowscope cv` (predictions of the same "
                    "recipe on images each fold model never saw) instead of a split")
+    s.add_argument("--blast-recall", type=float, default=0.85, help="share of blasts to be predicted BLA: P(BLA) is "
+                   "weighed up until they are (default %(default)s; 0: the most probable class, unweighed)")
     s.add_argument("--blast-catch", type=float, default=0.97,
                    help="share of blasts to be predicted BLA or flagged possible-blast (default %(default)s)")
     s.add_argument("--accept-accuracy", type=float, default=0.97,
@@ -183,12 +185,14 @@ def cmd_calibrate(a) -> None:
     for name in ("blast_catch", "accept_accuracy", "delta"):
         if not 0 < getattr(a, name) < 1:
             raise MarrowscopeError(f"--{name.replace('_', '-')} must be a fraction between 0 and 1.")
+    if not 0 <= a.blast_recall < 1:
+        raise MarrowscopeError("--blast-recall must be a fraction from 0 (no blast weight) up to 1.")
     from marrowscope.predict import Predictor
 
     predictor = Predictor(a.model, backend=a.backend, pixel_size=a.pixel_size)
     r = calibrate(predictor, None if a.oof else data_or_default(a.data), a.split, seed=a.seed,
                   data_root=a.data_root, tta=a.tta, oof=a.oof, catch=a.blast_catch, accuracy=a.accept_accuracy,
-                  delta=a.delta)
+                  delta=a.delta, recall=a.blast_recall)
     for key, label in (("tta", "with TTA"), ("no_tta", "without TTA")):
         f = r[key]
         print(f"{label}: temperature {f['temperature']:.3f}, expected calibration error {f['ece_before']:.4f} -> "

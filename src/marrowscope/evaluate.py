@@ -45,11 +45,13 @@ def reliability_bins(probs: np.ndarray, y: np.ndarray, n_bins: int = N_BINS) -> 
     return bins
 
 
-def compute_metrics(probs: np.ndarray, y: np.ndarray, classes: Sequence[str]) -> dict:
-    """All metrics of one evaluation; ``y`` are class indices into ``classes``."""
+def compute_metrics(probs: np.ndarray, y: np.ndarray, classes: Sequence[str], pred: Optional[np.ndarray] = None
+                    ) -> dict:
+    """All metrics of one evaluation; ``y`` are class indices into ``classes``, ``pred`` the predicted ones
+    (default: the most probable class; the review policy's blast weight can call a blast below the top)."""
     labels = list(range(len(classes)))
     present = sorted(set(y.tolist()))  # a set without some classes (another lab's) averages over its own
-    pred = probs.argmax(axis=1)
+    pred = probs.argmax(axis=1) if pred is None else pred
     p, r, f, s = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
     return {
         "images": int(len(y)),
@@ -81,6 +83,9 @@ def format_report(m: dict, classes: Sequence[str]) -> str:
         lines.append(f"decisions ({d['policy']}): {d['accepted_share']:.1%} accepted{acc}; {d['review_share']:.1%} "
                      f"review; {d['possible-blast_share']:.1%} possible blast")
         if "blast_catch" in d:
+            false = d["non_blasts_called_blast"]
+            lines.append(f"blasts predicted BLA: {d['blast_recall']:.1%} of {d['blasts']}" +
+                         ("" if false is None else f"; other cells called blasts: {false:.1%} of them"))
             lines.append(f"blasts predicted BLA or flagged possible-blast: {d['blast_catch']:.1%} of {d['blasts']} "
                          f"({d['blasts_missed_unflagged']} not; of these, {d['blasts_accepted_as_other']} accepted as "
                          "another cell type, the rest sent to review)")
@@ -126,23 +131,25 @@ def evaluate(predictor: Predictor, data: str | Path, split: str = "test", out_di
     if not kept:
         raise MarrowscopeError(f"none of the {len(chosen)} images of the {split} split of '{data}' could be read "
                                f"(first: {unreadable[0].source}: {unreadable[0].reason}).")
-    m, decisions = _report(predictor, data, split, kept, unreadable)
+    m, pred, decisions = _report(predictor, data, split, kept, unreadable)
     if out_dir:
-        _write(m, kept, decisions, predictor.classes, Path(out_dir))
+        _write(m, kept, pred, decisions, predictor.classes, Path(out_dir))
     return m
 
 
 def _report(predictor: Predictor, data, split: str, kept: list, unreadable: list[Unreadable]
-            ) -> tuple[dict, list[str]]:
-    """The metrics, and each image's decision under the model folder's review policy."""
+            ) -> tuple[dict, np.ndarray, list[str]]:
+    """The metrics, and each image's predicted class and decision under the model folder's review policy."""
     index = {c: i for i, c in enumerate(predictor.classes)}
     probs = np.stack([r.probs for _, r in kept])
     y = np.array([index[s.label] for s, _ in kept])
-    m = compute_metrics(probs, y, predictor.classes)
-    # the review policy on these cells: accepted share and accuracy, blasts caught
     policy = predictor.policy
-    decisions = policy.decide(probs, predictor.classes)
-    m["decisions"] = {**decision_metrics(decisions, probs, y, predictor.classes), "policy": policy.describe()}
+    usual = np.array([not predictor.is_unusual(r) for _, r in kept])  # the blast weight holds for these
+    pred = policy.classify(probs, predictor.classes, usual)
+    m = compute_metrics(probs, y, predictor.classes, pred)
+    # the review policy on these cells: accepted share and accuracy, blasts caught
+    decisions = policy.decide(probs, predictor.classes, usual)
+    m["decisions"] = {**decision_metrics(decisions, pred, y, predictor.classes), "policy": policy.describe()}
     trained = _training_hashes(predictor.model_dir)
     m["overlap_with_training"] = sum(1 for s, _ in kept if (s.sha256 or sha256_of(s.path)) in trained)
     settings = f"{predictor.backend}, TTA {'on' if predictor.tta else 'off'}, temperature {predictor.temperature:g}"
@@ -157,7 +164,7 @@ def _report(predictor: Predictor, data, split: str, kept: list, unreadable: list
         "description": f"{len(kept)} images of the '{split}' split of {Path(data).name}, model "
                        f"{predictor.model_dir.name} ({predictor.info.architecture}; {settings}).",
     })
-    return m, [str(d) for d in decisions]
+    return m, pred, [str(d) for d in decisions]
 
 
 def _domain_cells(score: Optional[float], above: Optional[float]) -> tuple[str, str]:
@@ -166,7 +173,7 @@ def _domain_cells(score: Optional[float], above: Optional[float]) -> tuple[str, 
     return f"{score:.3f}", "yes" if score > above else "no"
 
 
-def _write(m: dict, kept: list, decisions: list[str], classes: Sequence[str], out: Path) -> None:
+def _write(m: dict, kept: list, pred: np.ndarray, decisions: list[str], classes: Sequence[str], out: Path) -> None:
     from marrowscope.plots import plot_confusion, plot_reliability
 
     out.mkdir(parents=True, exist_ok=True)
@@ -175,9 +182,9 @@ def _write(m: dict, kept: list, decisions: list[str], classes: Sequence[str], ou
     above = m.get("domain_threshold")
     write_csv(out / "predictions.csv",
               ["path", "label", "predicted", "confidence", "decision", *classes, "domain_score", "unusual", "scale"],
-              ([s.rel or s.path.name, s.label, classes[int(r.probs.argmax())], f"{r.probs.max():.4f}", d,
+              ([s.rel or s.path.name, s.label, classes[i], f"{r.probs[i]:.4f}", d,
                 *(f"{p:.4f}" for p in r.probs), *_domain_cells(r.domain_score, above), str(r.scale or "")]
-               for (s, r), d in zip(kept, decisions)))
+               for (s, r), i, d in zip(kept, pred, decisions)))
     title = f"{m['split']} split, {len(kept)} images"
     plot_confusion(np.array(m["confusion_matrix"]), classes, out / "confusion_matrix.png", title)
     plot_reliability(m["reliability_bins"], m["ece"], out / "reliability.png", title)

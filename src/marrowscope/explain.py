@@ -30,7 +30,7 @@ class Explainer:
 
     def heatmap(self, src: ImageSource, class_index: Optional[int] = None,
                 pixel_size: Optional[float] = None) -> tuple[np.ndarray, int]:
-        """A [H, W] map in [0, 1] at the model's input size, for ``class_index`` (default: predicted)."""
+        """A [H, W] map in [0, 1] at the model's input size, for ``class_index`` (default: the most probable)."""
         return self._heatmap(self.preprocess.view(decode_image(src), pixel_size)[0], class_index)
 
     def _heatmap(self, seen: Image.Image, class_index: Optional[int]) -> tuple[np.ndarray, int]:

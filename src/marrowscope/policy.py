@@ -1,7 +1,20 @@
 """The review policy: which cells a person must look at, fitted on predictions of images the model
 did not learn from (out-of-fold predictions of ``marrowscope cv``, or a validation split), never on test.
 
-Each cell gets a ``decision``:
+Each cell gets a predicted class and a ``decision``.
+
+The predicted class weighs P(BLA) by ``blast_weight`` (>= 1) before taking the most probable class:
+the probabilities stay as calibrated, but a missed blast costs more than a false one (a person looks at
+cells called blasts; a blast called a lymphocyte and accepted is lost), so a cell is called a blast once
+P(BLA) reaches 1 / blast_weight of the leading probability. The weight is the split-conformal quantile
+of r = (highest other probability) / P(BLA) over the calibration blasts: with k = ceil(recall (n + 1)),
+w = the k-th smallest r, a new blast has r <= w, so is predicted BLA, with probability at least
+``recall`` (never below 1: the rule only ever favours blasts). The guarantee holds for cells like the
+calibration cells, so images the domain check finds unusual (``usual`` false) get the most probable
+class: on another lab's images the network already takes lymphocytes for blasts (other-lab-pbc: 30 of
+100), and weighing P(BLA) there cost 0.02 of its accuracy; the possible-blast flag still applies to them.
+
+Each cell's ``decision``:
 
 - ``possible-blast``: not predicted a blast, but P(BLA) is at least ``blast_threshold``. A missed blast
   is the costliest error (the blast percentage decides acute leukaemia), so the threshold is the split-
@@ -9,7 +22,7 @@ Each cell gets a ``decision``:
   blasts: with k = floor((1 - catch) (n + 1)), t = the k-th smallest score, a new blast scores below t
   with probability at most k / (n + 1) <= 1 - catch (Vovk et al., 2005), so at least ``catch`` of
   blasts are predicted BLA or flagged.
-- ``accepted``: the top probability is at least ``accept_threshold`` (and the cell is not a possible
+- ``accepted``: the predicted class's probability is at least ``accept_threshold`` (and the cell is not a possible
   blast). The threshold comes from Learn then Test (Angelopoulos et al., 2021): for each threshold of a
   fixed grid a binomial test rejects "the accepted cells are less than ``accuracy`` correct"; with
   Bonferroni over the grid the lowest rejected threshold keeps the accepted cells' accuracy at or above
@@ -40,18 +53,36 @@ class Policy:
     accept_threshold: float = REVIEW_BELOW  # > 1: nothing is accepted
     blast_threshold: Optional[float] = None
     fitted: bool = False
+    blast_weight: float = 1.0  # 1: the most probable class; folders calibrated before it have none
 
     @classmethod
     def from_settings(cls, settings: Optional[dict], review_below: float = REVIEW_BELOW) -> "Policy":
         if not settings:
             return cls(review_below)
-        return cls(float(settings["accept_threshold"]), settings.get("blast_threshold"), True)
+        return cls(float(settings["accept_threshold"]), settings.get("blast_threshold"), True,
+                   float(settings.get("blast_weight", 1.0)))
 
-    def decide(self, probs: np.ndarray, classes: Sequence[str]) -> np.ndarray:
+    def classify(self, probs: np.ndarray, classes: Sequence[str], usual: Optional[np.ndarray] = None) -> np.ndarray:
+        """[N, C] (or [C]) probabilities -> [N] predicted class indices, P(BLA) weighed by ``blast_weight``
+        in the rows where ``usual`` ([N] bool; default: all) is true."""
+        probs = np.atleast_2d(probs)
+        if self.blast_weight == 1.0 or BLAST not in classes:
+            return probs.argmax(axis=1)
+        weighed = probs.copy()
+        rows = slice(None) if usual is None else np.asarray(usual, dtype=bool).reshape(-1)
+        weighed[rows, list(classes).index(BLAST)] *= self.blast_weight
+        return weighed.argmax(axis=1)
+
+    def predicted(self, probs: np.ndarray, classes: Sequence[str], usual: bool = True) -> tuple[str, float]:
+        """One cell's [C] probabilities -> (its predicted class, that class's probability)."""
+        i = int(self.classify(probs, classes, np.array([usual]))[0])
+        return classes[i], float(probs[i])
+
+    def decide(self, probs: np.ndarray, classes: Sequence[str], usual: Optional[np.ndarray] = None) -> np.ndarray:
         """[N, C] (or [C]) probabilities -> the decision of each cell (array of str)."""
         probs = np.atleast_2d(probs)
-        top, pred = probs.max(axis=1), probs.argmax(axis=1)
-        out = np.where(top >= self.accept_threshold, "accepted", "review").astype(object)
+        pred = self.classify(probs, classes, usual)
+        out = np.where(probs[np.arange(len(probs)), pred] >= self.accept_threshold, "accepted", "review").astype(object)
         if self.blast_threshold is not None and BLAST in classes:
             b = list(classes).index(BLAST)
             out[(pred != b) & (probs[:, b] >= self.blast_threshold)] = "possible-blast"
@@ -63,13 +94,28 @@ class Policy:
         blast = "" if self.blast_threshold is None else \
             f"; not predicted a blast but P(BLA) >= {self.blast_threshold:.3f}: possible blast"
         accept = "nothing is accepted" if self.accept_threshold > 1 else \
-            f"top probability >= {self.accept_threshold:.3f}: accepted"
-        return f"{accept}{blast}; the rest: review"
+            f"probability of the call >= {self.accept_threshold:.3f}: accepted"
+        weight = "" if self.blast_weight == 1.0 else \
+            f"called a blast when P(BLA) >= 1/{self.blast_weight:.2f} of the leading probability (not in unusual " \
+            "images); "
+        return f"{weight}{accept}{blast}; the rest: review"
 
 
-def blast_threshold(probs: np.ndarray, y: np.ndarray, b: int, catch: float) -> Optional[float]:
-    """The split-conformal threshold on P(BLA) that catches at least ``catch`` of blasts."""
-    pred = probs.argmax(axis=1)
+def blast_weight(probs: np.ndarray, y: np.ndarray, b: int, recall: float) -> float:
+    """The split-conformal weight on P(BLA) under which at least ``recall`` of blasts are predicted BLA."""
+    blasts = y == b
+    if not blasts.any() or recall <= 0:
+        return 1.0
+    others = np.delete(probs[blasts], b, axis=1).max(axis=1)
+    ratios = np.sort(others / np.maximum(probs[blasts, b], 1e-12))
+    k = min(int(np.ceil(recall * (len(ratios) + 1))), len(ratios))
+    # a blast whose ratio equals the weight ties with its leading class; nudge so that it wins
+    return max(1.0, float(ratios[k - 1]) * (1 + 1e-6))
+
+
+def blast_threshold(probs: np.ndarray, pred: np.ndarray, y: np.ndarray, b: int, catch: float) -> Optional[float]:
+    """The split-conformal threshold on P(BLA) that catches at least ``catch`` of blasts (``pred``: the
+    predicted class indices)."""
     blasts = y == b
     if not blasts.any():
         return None
@@ -96,23 +142,25 @@ def accept_threshold(correct: np.ndarray, top: np.ndarray, eligible: np.ndarray,
 
 
 def fit_policy(probs: np.ndarray, y: np.ndarray, classes: Sequence[str], catch: float = 0.97,
-               accuracy: float = 0.97, delta: float = 0.1) -> dict:
-    """Fit both thresholds on calibrated probabilities of held-out cells; returns the settings for the
-    model folder, with what they give on these cells."""
+               accuracy: float = 0.97, delta: float = 0.1, recall: float = 0.85) -> dict:
+    """Fit the blast weight, then both thresholds, on calibrated probabilities of held-out cells; returns
+    the settings for the model folder, with what they give on these cells."""
     b = list(classes).index(BLAST) if BLAST in classes else None
-    tb = blast_threshold(probs, y, b, catch) if b is not None else None
-    policy = Policy(1.01, tb, True)
+    policy = Policy(1.01, None, True, blast_weight(probs, y, b, recall) if b is not None else 1.0)
+    pred = policy.classify(probs, classes)
+    policy.blast_threshold = blast_threshold(probs, pred, y, b, catch) if b is not None else None
     eligible = policy.decide(probs, classes) != "possible-blast"
-    correct = probs.argmax(axis=1) == y
-    policy.accept_threshold = accept_threshold(correct, probs.max(axis=1), eligible, accuracy, delta)
-    return {"accept_threshold": policy.accept_threshold, "blast_threshold": tb,
-            "targets": {"blast_catch": catch, "accepted_accuracy": accuracy, "delta": delta},
-            "on_calibration_cells": decision_metrics(policy.decide(probs, classes), probs, y, classes)}
+    policy.accept_threshold = accept_threshold(pred == y, probs[np.arange(len(y)), pred], eligible, accuracy, delta)
+    return {"accept_threshold": policy.accept_threshold, "blast_threshold": policy.blast_threshold,
+            "blast_weight": policy.blast_weight,
+            "targets": {"blast_recall": recall, "blast_catch": catch, "accepted_accuracy": accuracy, "delta": delta},
+            "on_calibration_cells": decision_metrics(policy.decide(probs, classes), pred, y, classes)}
 
 
-def decision_metrics(decisions: np.ndarray, probs: np.ndarray, y: np.ndarray, classes: Sequence[str]) -> dict:
-    """Accepted share and accuracy, blast catch rate (predicted BLA or flagged), share of each decision."""
-    correct = probs.argmax(axis=1) == y
+def decision_metrics(decisions: np.ndarray, pred: np.ndarray, y: np.ndarray, classes: Sequence[str]) -> dict:
+    """Blast recall, accepted share and accuracy, blast catch rate (predicted BLA or flagged), share of each
+    decision; ``pred``: the predicted class indices."""
+    correct = pred == y
     acc = decisions == "accepted"
     out = {"cells": int(len(y)), "accepted_share": round(float(acc.mean()), 4),
            "accepted_accuracy": round(float(correct[acc].mean()), 4) if acc.any() else None,
@@ -120,8 +168,11 @@ def decision_metrics(decisions: np.ndarray, probs: np.ndarray, y: np.ndarray, cl
     if BLAST in classes and (y == list(classes).index(BLAST)).any():
         b = list(classes).index(BLAST)
         blasts = y == b
-        caught = (probs.argmax(axis=1)[blasts] == b) | (decisions[blasts] == "possible-blast")
+        caught = (pred[blasts] == b) | (decisions[blasts] == "possible-blast")
         out["blasts"] = int(blasts.sum())
+        out["blast_recall"] = round(float((pred[blasts] == b).mean()), 4)
+        # what favouring blasts costs: other cells called blasts, as a share of the non-blasts
+        out["non_blasts_called_blast"] = round(float((pred[~blasts] == b).mean()), 4) if (~blasts).any() else None
         out["blast_catch"] = round(float(caught.mean()), 4)
         out["blasts_missed_unflagged"] = int((~caught).sum())
         # the worst case: a blast called something else and accepted, so no person looks at it

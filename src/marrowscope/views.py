@@ -8,6 +8,8 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
+
 from marrowscope.classes import display_name
 from marrowscope.data import Sample, count_table
 from marrowscope.images import is_image_path
@@ -65,3 +67,22 @@ def example_images(examples_dir: Optional[Path], classes: list[str], out: Path, 
 def scratch_dir(prefix: str) -> Path:
     """A new temporary folder for the app's files; its owner removes it."""
     return Path(tempfile.mkdtemp(prefix=f"marrowscope-{prefix}-"))
+
+
+def cell_advice(policy, classes, probs, top: tuple[str, float], usual: bool = True) -> str:
+    """The cell's call and decision (the model folder's review policy) in a sentence; ``top``: the most
+    probable class and its probability; ``usual``: the domain check finds the image like the training ones."""
+    decision = str(policy.decide(probs, classes, np.array([usual]))[0])
+    label, p = policy.predicted(probs, classes, usual)
+    if label != top[0]:  # only the blast weight makes the call differ from the most probable class
+        return (f"**Called a blast: review by a person.** Blast {p:.0%} against {display_name(top[0])} {top[1]:.0%}: "
+                f"a missed blast costs most, so a cell is called a blast from 1/{policy.blast_weight:.2f} of the "
+                "leading probability.")
+    if decision == "possible-blast":
+        p_blast = float(probs[list(classes).index("BLA")])
+        return (f"**Possible blast: review by a person.** Predicted {display_name(label)} ({p:.0%}), but the "
+                f"blast probability ({p_blast:.0%}) is too high to rule a blast out.")
+    if decision == "review":
+        return (f"**Review by a person:** the model is not sure enough to accept this cell (top probability {p:.0%}, "
+                f"accepted from {policy.accept_threshold:.0%}). Its best guess is {display_name(label)}.")
+    return f"Most likely **{display_name(label)}** ({p:.0%}): accepted."
