@@ -52,6 +52,7 @@ def test_predict_and_evaluate_over_two_ddp_ranks_match_one_process(tiny_run, tmp
     for a, b in zip(rows, single.rows):
         assert a["status"] == b["status"] and a["predicted"] == b["predicted"]
         if a["status"] == "ok":
+            assert (a["scale"], a["focus_blur_px"]) == (b["scale"], b["focus_blur_px"])
             assert float(a["probability"]) == pytest.approx(b["probability"], abs=1e-4)
     assert not out.with_suffix(".parts").exists()
 

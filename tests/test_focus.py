@@ -3,6 +3,7 @@ in the one preprocessing path; everything else passes unchanged."""
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -106,3 +107,40 @@ def test_fit_checks_script_fits_a_folder_made_without_them(tiny_model, tmp_path,
     assert out.startswith("focus: {") and "\ndomain: {" in out and "scale" not in out
     assert {"median", "above"} <= set(read_model_info(model).focus)
     assert (model / "domain.safetensors").is_file() and read_model_info(model).extra["domain"]["threshold"] > 0
+
+
+def test_csvs_and_app_say_how_much_each_image_was_blurred(tiny_model, tmp_path):
+    """predict's and evaluate's focus_blur_px: the blur given (0 when left alone), empty without settings;
+    the app says it in a sentence."""
+    import csv
+
+    from marrowscope.app import classify
+    from marrowscope.artifacts import write_settings
+    from marrowscope.cli import main
+    from marrowscope.predict import Predictor
+
+    model = shutil.copytree(tiny_model, tmp_path / "model")
+    size = read_model_info(model).data_config["input_size"][-1]
+    seen = [Preprocess.for_model(read_model_info(tiny_model)).geometry(soft(i).resize((size, size)))
+            for i in range(20)]
+    write_settings(model, focus=measure(seen))  # the soft cells are this folder's training sharpness
+    cells = tmp_path / "cells" / "EOS"
+    cells.mkdir(parents=True)
+    soft(1).resize((size, size)).save(cells / "soft.png")
+    crisp(2).resize((size, size)).save(cells / "crisp.png")
+    without = shutil.copytree(tiny_model, tmp_path / "without")
+    write_settings(without, focus=None)
+    for folder in (model, without):
+        out = tmp_path / f"{folder.name}.csv"
+        assert main(["predict", str(cells), "--model", str(folder), "--out", str(out)]) == 0
+        rows = {Path(r["file"]).name: r["focus_blur_px"] for r in csv.DictReader(open(out))}
+        if folder == model:
+            assert rows["soft.png"] == "0.00" and float(rows["crisp.png"]) > 0
+        else:  # no focus settings: nothing to say
+            assert rows == {"soft.png": "", "crisp.png": ""}
+    assert main(["evaluate", "--model", str(model), str(tmp_path / "cells"), "--split", "all",
+                 "--out", str(tmp_path / "ev")]) == 0
+    rows = {Path(r["path"]).name: r["focus_blur_px"] for r in csv.DictReader(open(tmp_path / "ev" / "predictions.csv"))}
+    assert rows["soft.png"] == "0.00" and float(rows["crisp.png"]) > 0
+    advice = classify(Predictor(model), None, str(cells / "crisp.png"))[2]
+    assert "blurred by" in advice and "blurred by" not in classify(Predictor(model), None, str(cells / "soft.png"))[2]

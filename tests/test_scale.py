@@ -71,5 +71,5 @@ def test_pixel_size_needs_a_measured_model_and_a_plausible_value():
         Preprocess(cfg, None, pixel_size=0.1)
     with pytest.raises(MarrowscopeError, match="outside"):
         Preprocess(cfg, {"pixel_size_um": 0.1, "field_px": 250}, pixel_size=25)
-    x, scale = Preprocess(cfg, {"pixel_size_um": 0.1, "field_px": 250})(smear())
-    assert x.shape == (3, 32, 32) and "red cells" in scale.source
+    x, scale, blur = Preprocess(cfg, {"pixel_size_um": 0.1, "field_px": 250})(smear())
+    assert x.shape == (3, 32, 32) and "red cells" in scale.source and blur is None  # no focus settings

@@ -69,6 +69,9 @@ def classify(predictor: Predictor, explainer, image_path: Optional[str], review_
                  + advice
     if pred.scale is not None:
         advice += f"\n\nScale: {pred.scale}."
+    if pred.blur_px:
+        advice += (f"\n\nFocus: crisper than the training images, so blurred by {pred.blur_px:.1f} px to their "
+                   "usual sharpness before classifying.")
     return {display_name(c): v for c, v in top}, overlay, advice
 
 

@@ -22,6 +22,12 @@ UNUSUAL_WARNING = ("these images look unlike the images the model learnt from (a
                    "magnification?): results may be wrong.")
 
 
+def blur_cell(blur: Optional[float]) -> str:
+    """The focus blur for the CSVs of predict and evaluate: px, 0 when the image was left alone, empty
+    where the model folder has no focus settings."""
+    return "" if blur is None else f"{blur:.2f}"
+
+
 def batch_policy(predictor: Predictor, review_below: float = REVIEW_BELOW) -> Policy:
     """The model folder's fitted review policy, else the plain rule: review below ``review_below``."""
     return predictor.policy if predictor.policy.fitted else Policy(review_below)
@@ -76,7 +82,7 @@ class BatchResult:
             decision = str(self.policy.decide(result.probs, self.classes, np.array([usual]))[0])
             row = {"file": name, "status": "ok", "predicted": label, "probability": round(p, 4),
                    "decision": decision, "review": "yes" if decision != "accepted" else "", "error": "",
-                   "scale": str(result.scale or "")}
+                   "scale": str(result.scale or ""), "focus_blur_px": blur_cell(result.blur_px)}
             for i, (label, p) in enumerate(top, 1):
                 row[f"top{i}"], row[f"p{i}"] = label, round(p, 4)
             if checked:
@@ -88,7 +94,7 @@ class BatchResult:
     def columns(self) -> list[str]:
         tops = [c for i in range(1, self.top_k + 1) for c in (f"top{i}", f"p{i}")]
         return ["file", "status", "predicted", "probability", *tops, "decision", "review", "domain_score", "unusual",
-                "scale", "error"]
+                "scale", "focus_blur_px", "error"]
 
     def write(self, out_csv: str | Path) -> tuple[Path, Path]:
         """``out_csv`` (one row per image) and ``<stem>_counts.csv`` (the differential count)."""

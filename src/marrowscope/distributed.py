@@ -32,13 +32,14 @@ class _Files(Dataset):
 
     def __getitem__(self, i):
         x = self.predictor.load(self.files[i])
-        return (None, i, x.reason, "") if isinstance(x, Unreadable) else (x[0], i, "", str(x[1] or ""))
+        return (None, i, x.reason, "", None) if isinstance(x, Unreadable) else (x[0], i, "", str(x[1] or ""), x[2])
 
 
 def _collate(items):
     shape = next((x.shape for x, *_ in items if x is not None), (3, 1, 1))
     xs = torch.stack([x if x is not None else torch.zeros(shape) for x, *_ in items])
-    return xs, torch.tensor([i for _, i, _, _ in items]), [e for *_, e, _ in items], [s for *_, s in items]
+    return (xs, torch.tensor([i for _, i, *_ in items]), [e for _, _, e, *_ in items], [s for *_, s, _ in items],
+            [b for *_, b in items])
 
 
 class _Ranked(L.LightningModule):
@@ -51,7 +52,7 @@ class _Ranked(L.LightningModule):
         self.net = predictor.net  # None with ONNX Runtime, which runs on the CPU of each rank
 
     def predict_step(self, batch, batch_idx):
-        x, idx, errors, scales = batch
+        x, idx, errors, scales, blurs = batch
         readable = [k for k, e in enumerate(errors) if not e]
         probs, domain = np.zeros((len(x), len(self.predictor.classes))), np.full(len(x), np.nan)
         if readable:
@@ -59,7 +60,7 @@ class _Ranked(L.LightningModule):
             probs[readable] = probs_from_logits(logits, self.predictor.temperature)
             if scores is not None:
                 domain[readable] = scores
-        return idx.tolist(), probs, errors, scales, domain
+        return idx.tolist(), probs, errors, scales, domain, blurs
 
 
 class _RankWriter(BasePredictionWriter):
@@ -70,8 +71,9 @@ class _RankWriter(BasePredictionWriter):
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
         with open(self.work / f"rank{trainer.global_rank}.csv", "a", newline="") as fh:
             w = csv.writer(fh)
-            for i, p, err, scale, domain in zip(*prediction):
-                w.writerow([i, err, scale, f"{domain:.6f}", *(f"{v:.8f}" for v in p)] if not err else [i, err])
+            for i, p, err, scale, domain, blur in zip(*prediction):
+                w.writerow([i, err, scale, f"{domain:.6f}", "" if blur is None else f"{blur:.6f}",
+                            *(f"{v:.8f}" for v in p)] if not err else [i, err])
 
 
 def predict_distributed(predictor: Predictor, files: Sequence[Path], work: Path, *, devices: int = 1,
@@ -95,8 +97,8 @@ def predict_distributed(predictor: Predictor, files: Sequence[Path], work: Path,
             for row in csv.reader(fh):  # the sampler may repeat a few items to even out ranks
                 i = int(row[0])
                 got[i] = Unreadable(files[i], row[1]) if row[1] else Prediction(
-                    str(files[i]), np.array([float(v) for v in row[4:]]), row[2] or None,
-                    None if row[3] == "nan" else float(row[3]))
+                    str(files[i]), np.array([float(v) for v in row[5:]]), row[2] or None,
+                    None if row[3] == "nan" else float(row[3]), float(row[4]) if row[4] else None)
     shutil.rmtree(work, ignore_errors=True)  # every rank has passed the barrier: the shares are merged
     missing = [str(files[i]) for i in range(len(files)) if i not in got]
     if missing:

@@ -12,6 +12,7 @@ from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_
                              precision_recall_fscore_support)
 
 from marrowscope.artifacts import check_classes
+from marrowscope.batch import blur_cell
 from marrowscope.config import TEST_FRACTION, VAL_FRACTION
 from marrowscope.csvfiles import write_csv
 from marrowscope.data import SPLIT_CHOICES, Sample, load_samples, sha256_of
@@ -181,9 +182,11 @@ def _write(m: dict, kept: list, pred: np.ndarray, decisions: list[str], classes:
     # paths relative to the data's root: the report reads the same on every machine
     above = m.get("domain_threshold")
     write_csv(out / "predictions.csv",
-              ["path", "label", "predicted", "confidence", "decision", *classes, "domain_score", "unusual", "scale"],
+              ["path", "label", "predicted", "confidence", "decision", *classes, "domain_score", "unusual", "scale",
+               "focus_blur_px"],
               ([s.rel or s.path.name, s.label, classes[i], f"{r.probs[i]:.4f}", d,
-                *(f"{p:.4f}" for p in r.probs), *_domain_cells(r.domain_score, above), str(r.scale or "")]
+                *(f"{p:.4f}" for p in r.probs), *_domain_cells(r.domain_score, above), str(r.scale or ""),
+                blur_cell(r.blur_px)]
                for (s, r), i, d in zip(kept, pred, decisions)))
     title = f"{m['split']} split, {len(kept)} images"
     plot_confusion(np.array(m["confusion_matrix"]), classes, out / "confusion_matrix.png", title)

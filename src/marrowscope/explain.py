@@ -53,7 +53,7 @@ class Explainer:
         from pytorch_grad_cam.utils.image import show_cam_on_image
 
         # prepared once (the red-cell estimate is the costly part), then mapped and drawn on the same pixels
-        seen, _ = self.preprocess.view(decode_image(src), pixel_size)
+        seen = self.preprocess.view(decode_image(src), pixel_size)[0]
         cam, _ = self._heatmap(seen, class_index)
         rgb = np.asarray(seen, dtype=np.float32) / 255.0
         return Image.fromarray(show_cam_on_image(rgb, cam, use_rgb=True, image_weight=weight))

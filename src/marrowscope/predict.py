@@ -16,6 +16,7 @@ import os
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple, Optional, Sequence, Union
 
@@ -37,13 +38,15 @@ ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
 
 @dataclass
 class Prediction:
-    """One image's probabilities over the model's classes, the scale it was read at, and how unlike
-    the training images it is (None where the model folder has no domain statistics)."""
+    """One image's probabilities over the model's classes, the scale it was read at, how unlike the
+    training images it is (None where the model folder has no domain statistics) and the blur in px focus
+    matching gave it (0.0: none; None where the model folder has no focus settings)."""
 
     source: str
     probs: np.ndarray
     scale: Optional[Scale] = None
     domain_score: Optional[float] = None
+    blur_px: Optional[float] = None
 
     def top_k(self, classes: Sequence[str], k: int = 3) -> list[tuple[str, float]]:
         return top_k(self.probs, classes, k)
@@ -53,13 +56,14 @@ Result = Union[Prediction, Unreadable]
 
 
 class Raw(NamedTuple):
-    """One image before the softmax: its [V, C] logits, scale, domain score and [D] features."""
+    """One image before the softmax: its [V, C] logits, scale, domain score, [D] features and focus blur."""
 
     source: str
     logits: np.ndarray
     scale: Optional[Scale]
     domain_score: Optional[float]
     features: Optional[np.ndarray]
+    blur_px: Optional[float] = None
 
 
 def tta_views(batch: torch.Tensor, tta: bool) -> torch.Tensor:
@@ -143,9 +147,9 @@ class Predictor:
         return backend
 
     def load(self, src: ImageSource, name: Optional[str] = None, pixel_size: Optional[float] = None
-             ) -> Union[tuple[torch.Tensor, Optional[Scale]], Unreadable]:
-        """Decode (the one decoder) and preprocess one source to ([3, H, W], its scale), or say why it
-        cannot be read. ``pixel_size`` (µm per pixel) overrides the estimate for this call."""
+             ) -> Union[tuple[torch.Tensor, Optional[Scale], Optional[float]], Unreadable]:
+        """Decode (the one decoder) and preprocess one source to ([3, H, W], its scale, its focus blur), or
+        say why it cannot be read. ``pixel_size`` (µm per pixel) overrides the estimate for this call."""
         try:
             return self.preprocess(decode_image(src), pixel_size)
         except ImageDecodeError as exc:
@@ -185,14 +189,14 @@ class Predictor:
                     pending.append((name, pool.submit(self.load, src, name, pixel_size)))
                 loaded = [(name, fut.result()) for name, fut in chunk]
                 ok = [x for _, x in loaded if not isinstance(x, Unreadable)]
-                logits, feats, scores = self.forward(torch.stack([x for x, _ in ok])) if ok else (None, None, None)
+                logits, feats, scores = self.forward(torch.stack([x[0] for x in ok])) if ok else (None, None, None)
                 k = 0
                 for name, x in loaded:
                     if isinstance(x, Unreadable):
                         yield x
                         continue
                     yield Raw(name, logits[:, k], x[1], None if scores is None else float(scores[k]),
-                              None if feats is None else feats[k])
+                              None if feats is None else feats[k], x[2])
                     k += 1
 
     def stacked_logits(self, sources: Sequence[ImageSource], names: Optional[Sequence[str]] = None
@@ -212,8 +216,8 @@ class Predictor:
                      names: Optional[Sequence[str]] = None, pixel_size: Optional[float] = None) -> Iterator[Result]:
         """A :class:`Prediction` or an :class:`Unreadable` per source, in input order."""
         for r in self.stream_logits(sources, names, batch_size, workers, pixel_size):
-            yield r if isinstance(r, Unreadable) else \
-                Prediction(r.source, probs_from_logits(r.logits[:, None], self.temperature)[0], r.scale, r.domain_score)
+            yield r if isinstance(r, Unreadable) else Prediction(
+                r.source, probs_from_logits(r.logits[:, None], self.temperature)[0], r.scale, r.domain_score, r.blur_px)
 
     def predict(self, src: ImageSource, pixel_size: Optional[float] = None) -> dict[str, float]:
         """One image -> {class: probability} over all classes, most probable first.
@@ -224,7 +228,7 @@ class Predictor:
         return dict(top_k(self.predict_one(src, pixel_size).probs, self.classes, len(self.classes)))
 
     def predict_one(self, src: ImageSource, pixel_size: Optional[float] = None) -> Prediction:
-        """One image's whole :class:`Prediction` (probabilities, scale, domain score).
+        """One image's whole :class:`Prediction` (probabilities, scale, domain score, focus blur).
 
         Raises:
             ImageDecodeError: the image cannot be read.
@@ -235,7 +239,7 @@ class Predictor:
             raise ImageDecodeError(loaded.reason)
         logits, _, scores = self.forward(loaded[0][None])
         return Prediction(_name(src, 0), probs_from_logits(logits, self.temperature)[0], loaded[1],
-                          None if scores is None else float(scores[0]))
+                          None if scores is None else float(scores[0]), loaded[2])
 
     def is_unusual(self, prediction: Prediction) -> bool:
         """Whether the domain check finds the image unlike the training images."""
@@ -259,13 +263,7 @@ def _name(src: object, i: int) -> str:
 
 
 def _take(it: Iterator, n: int) -> list:
-    out = []
-    for _ in range(n):
-        try:
-            out.append(next(it))
-        except StopIteration:
-            break
-    return out
+    return list(islice(it, n))
 
 
 def _has_ort() -> bool:

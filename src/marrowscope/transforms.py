@@ -38,7 +38,8 @@ class Preprocess:
     resize and crop -> softened to the training images' sharpness if far crisper (when the folder
     records it, :mod:`marrowscope.focus`) -> normalised tensor.
 
-    Calling it returns (tensor [3, H, W], the image's :class:`~marrowscope.scale.Scale` or None).
+    Calling it returns (tensor [3, H, W], the image's :class:`~marrowscope.scale.Scale` or None, the
+    blur in px focus matching gave it: 0.0 if none, None without focus settings).
     """
 
     def __init__(self, data_config: dict, scale: Optional[dict] = None, pixel_size: Optional[float] = None,
@@ -79,14 +80,15 @@ class Preprocess:
         return ToTrainingScale(self.scale["pixel_size_um"], self.scale["field_px"], given)(image)
 
     def view(self, image, pixel_size: Optional[float] = None):
-        """(the pixels the network sees as a PIL image, the image's Scale or None)."""
+        """(the pixels the network sees as a PIL image, the image's Scale or None, the focus blur or None)."""
         image, scale = self.to_scale(image, pixel_size)
         image = self.geometry_only(image)
-        return (self.focus(image)[0] if self.focus else image), scale
+        seen, blur = self.focus(image) if self.focus else (image, None)
+        return seen, scale, blur
 
     def __call__(self, image, pixel_size: Optional[float] = None):
-        image, scale = self.view(image, pixel_size)
-        return self.to_tensor(image), scale
+        seen, scale, blur = self.view(image, pixel_size)
+        return self.to_tensor(seen), scale, blur
 
     def geometry(self, image, pixel_size: Optional[float] = None):
         """The pixels the network sees, as a PIL image (for drawing Grad-CAM over them)."""
