@@ -23,19 +23,21 @@ from marrowscope.predict import probs_from_logits
 def held_out(views: np.ndarray, y: np.ndarray, folds: np.ndarray, classes: list, key: str) -> dict:
     """The decisions of each fold's model on its own fold, under a policy fitted on the other folds."""
     decisions, pred = np.empty(len(y), dtype=object), np.zeros(len(y), dtype=int)
+    in_set = np.zeros(views.shape[1:], dtype=bool)
     thresholds = []
     for k in np.unique(folds):
         fit, test = folds != k, folds == k
         s = fit_settings(views[:, fit], y[fit], classes)[key]
         p = probs_from_logits(views[:1, test] if key == "no_tta" else views[:, test], s["temperature"])
         policy = Policy.from_settings(s["policy"])
-        decisions[test], pred[test] = policy.decide(p, classes), policy.classify(p, classes)
+        decisions[test], pred[test], in_set[test] = policy.decide(p, classes), policy.classify(p, classes), \
+            policy.in_set(p, classes)
         thresholds.append({"fold": int(k), "blast": s["policy"]["blast_threshold"],
                            "accept": s["policy"]["accept_threshold"], "blast_weight": s["policy"]["blast_weight"]})
     from sklearn.metrics import f1_score
 
     return {"thresholds": thresholds, "macro_f1": round(float(f1_score(y, pred, average="macro")), 4),
-            **decision_metrics(decisions, pred, y, classes)}
+            **decision_metrics(decisions, pred, y, classes, in_set)}
 
 
 def main() -> None:
@@ -53,7 +55,8 @@ def main() -> None:
           f"blast catch {r['blast_catch']:.3f} "
           f"({r['blasts_missed_unflagged']} of {r['blasts']} missed, {r['blasts_accepted_as_other']} accepted as "
           f"another type); accepted {r['accepted_share']:.3f} "
-          f"at {r['accepted_accuracy']:.3f}; blast thresholds "
+          f"at {r['accepted_accuracy']:.3f}; prediction sets: coverage {r['set_coverage']:.3f}, mean size "
+          f"{r['set_mean_size']:.2f}; blast thresholds "
           + ", ".join(f"{t['blast']:.3f}" for t in r["thresholds"]))
     if a.out:
         with open(a.out, "w") as fh:

@@ -98,6 +98,54 @@ def test_a_cell_called_a_blast_below_the_top_is_not_accepted_and_says_why():
     assert Policy.from_settings({"accept_threshold": 0.9, "blast_threshold": 0.1}).blast_weight == 1.0  # older folders
 
 
+def test_prediction_sets_keep_their_coverage_on_new_cells():
+    probs, y = _doubtful_blasts(3000, 0)
+    fitted = fit_policy(probs, y, CLASSES, coverage=0.9)
+    policy = Policy.from_settings(fitted)
+    assert len(policy.set_thresholds) == len(CLASSES) and policy.set_coverage == 0.9
+    assert fitted["on_calibration_cells"]["set_coverage"] >= 0.9
+    new_probs, new_y = _doubtful_blasts(20000, 1)
+    m = decision_metrics(policy.decide(new_probs, CLASSES), policy.classify(new_probs, CLASSES), new_y, CLASSES,
+                         policy.in_set(new_probs, CLASSES))
+    # 90% target, one draw's noise; the sets stay well short of all seven classes
+    assert 0.88 <= m["set_coverage"] <= 0.93 and 1 < m["set_mean_size"] < len(CLASSES) - 2
+    accuracy = (new_probs.argmax(1) == new_y).mean()
+    assert m["set_coverage"] > accuracy + 0.05  # a set is worth more than the top class alone
+    in_set = policy.in_set(new_probs, CLASSES)
+    for c in range(len(CLASSES)):  # class by class, not only on average: blasts too
+        assert in_set[new_y == c, c].mean() >= 0.87, CLASSES[c]
+    wider = Policy.from_settings(fit_policy(probs, y, CLASSES, coverage=0.97))
+    assert all(w <= t for w, t in zip(wider.set_thresholds, policy.set_thresholds))
+    p = np.array([0.05, 0.0, 0.5, 0.0, 0.0, 0.0, 0.45])
+    per_class = [0.04, 0.3, 0.3, 0.3, 0.3, 0.3, 0.5]
+    assert Policy(0.9, set_thresholds=per_class).prediction_set(p, CLASSES) == ["LYT", "BLA"]  # most probable first
+    assert Policy(0.9, set_thresholds=per_class).prediction_set(p, CLASSES, usual=False) is None
+    assert Policy(0.9).prediction_set(p, CLASSES) is None  # a folder calibrated before sets
+    from marrowscope.views import cell_advice
+
+    text = cell_advice(Policy(0.9, set_thresholds=[0.3] * 7, set_coverage=0.95), CLASSES, p, ("LYT", 0.5))
+    assert "Prediction set (holds the type of 95%" in text and "Lymphocyte" in text and "Promyelocyte" in text
+
+
+def test_prediction_sets_cover_a_hard_class_as_well_as_the_easy_ones():
+    """Blasts are the hardest class: one threshold for all classes would leave them short."""
+    def cells(n, seed):
+        rng = np.random.default_rng(seed)
+        y = rng.integers(0, len(CLASSES), n)
+        own = np.where(y == B, rng.uniform(0.05, 0.6, n), rng.uniform(0.6, 1.0, n))
+        probs = rng.dirichlet(np.ones(len(CLASSES)), n) * (1 - own)[:, None]
+        probs[np.arange(n), y] = own
+        return probs / probs.sum(1, keepdims=True), y
+
+    probs, y = cells(4000, 0)
+    policy = Policy.from_settings(fit_policy(probs, y, CLASSES, coverage=0.9))
+    new_probs, new_y = cells(20000, 1)
+    in_set = policy.in_set(new_probs, CLASSES)
+    assert in_set[new_y == B, B].mean() >= 0.88
+    one = np.quantile(probs[np.arange(len(y)), y], 0.1)  # the single threshold of the same coverage
+    assert (new_probs[new_y == B, B] >= one).mean() < 0.8
+
+
 def test_policy_accepts_nothing_when_no_threshold_is_accurate_enough():
     rng = np.random.default_rng(0)
     probs = rng.dirichlet(np.ones(len(CLASSES)), 2000)
@@ -132,10 +180,20 @@ def test_calibrate_from_oof_then_predict_and_evaluate_write_decisions(tmp_path, 
                  "--out", str(tmp_path / "ev")]) == 0
     rows = list(csv.DictReader(open(tmp_path / "ev" / "predictions.csv")))
     assert rows and {r["decision"] for r in rows} <= {"accepted", "review", "possible-blast"}
+    t = dict(zip(CLASSES, Predictor(model).policy.set_thresholds))
+    for r in rows:  # each set: the classes at or above their fitted thresholds (CSV probabilities are rounded)
+        got = set(filter(None, r["set"].split("|")))
+        if r["unusual"] == "yes":
+            assert not got  # no set for unusual images
+        else:
+            above = {c for c in CLASSES if float(r[c]) > t[c] + 1e-4}
+            assert r["predicted"] in got and above <= got <= {c for c in CLASSES if float(r[c]) > t[c] - 1e-4} | {
+                r["predicted"]}
     import json
 
     m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
-    assert {"accepted_share", "accepted_accuracy", "blast_catch"} <= set(m["decisions"])
+    assert {"accepted_share", "accepted_accuracy", "blast_catch", "set_coverage", "set_mean_size"} <= \
+        set(m["decisions"])
     images = sorted((tiny_run.parent / "cells" / "BLA").iterdir())[:3]
     assert main(["predict", "--model", str(model), *map(str, images), "--out", str(tmp_path / "p.csv")]) == 0
     rows = list(csv.DictReader(open(tmp_path / "p.csv")))
@@ -197,7 +255,8 @@ def test_calibrate_refuses_oof_of_other_classes(tmp_path, tiny_model):
         calibrate(Predictor(tiny_model), oof=oof, write=False)
 
 
-@pytest.mark.parametrize("flag, value", [("--blast-recall", "1.2"), ("--blast-recall", "-0.1"), ("--blast-catch", "0")])
+@pytest.mark.parametrize("flag, value", [("--blast-recall", "1.2"), ("--blast-recall", "-0.1"), ("--blast-catch", "0"),
+                                         ("--set-coverage", "1")])
 def test_calibrate_targets_out_of_range_are_a_sentence_and_nothing_is_written(tmp_path, tiny_model, capsys, flag,
                                                                                value):
     from marrowscope.cli import main

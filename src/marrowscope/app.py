@@ -113,7 +113,8 @@ def batch(predictor: Predictor, files: Optional[list], state: Optional[dict] = N
         result.add(problem)
     csv_path, counts_path = result.write(workdir / "predictions.csv")
     rows = [[r["file"], display_name(r["predicted"]) if r["predicted"] else "unreadable",
-             r["probability"], _top3_text(r), r["decision"], r.get("unusual", "")] for r in result.rows]
+             r["probability"], _top3_text(r), r["decision"], r.get("set", ""), r.get("unusual", "")]
+            for r in result.rows]
     counts = [[display_name(c["class"]), c["cells"], c["percent"]] for c in result.counts]
     decisions = [[d, n] for d, n in result.decision_counts.items()]
     errors = [f"- {r['file']}: {r['error']}" for r in result.errors]
@@ -196,7 +197,7 @@ def _batch_and_review_tabs(models: SessionModels, model_state, in_use, review_be
             counts = gr.Dataframe(headers=["cell type", "cells", "percent"], label="Differential count")
             decisions = gr.Dataframe(headers=["decision", "cells"], label="Decisions (review policy)")
             chart = gr.Plot(label="Differential count")
-        table = gr.Dataframe(headers=["file", "predicted", "probability", "top 3", "decision", "unusual"],
+        table = gr.Dataframe(headers=["file", "predicted", "probability", "top 3", "decision", "set", "unusual"],
                              label="Per image", wrap=True)
         downloads = gr.File(label="CSV downloads", interactive=False)
     with gr.Tab("Review"):

@@ -80,8 +80,10 @@ class BatchResult:
             # top[0], unless the blast weight calls a blast
             label, p = self.policy.predicted(result.probs, self.classes, usual)
             decision = str(self.policy.decide(result.probs, self.classes, np.array([usual]))[0])
+            pset = self.policy.prediction_set(result.probs, self.classes, usual)
             row = {"file": name, "status": "ok", "predicted": label, "probability": round(p, 4),
-                   "decision": decision, "review": "yes" if decision != "accepted" else "", "error": "",
+                   "decision": decision, "set": "" if pset is None else "|".join(pset),
+                   "review": "yes" if decision != "accepted" else "", "error": "",
                    "scale": str(result.scale or ""), "focus_blur_px": blur_cell(result.blur_px)}
             for i, (label, p) in enumerate(top, 1):
                 row[f"top{i}"], row[f"p{i}"] = label, round(p, 4)
@@ -93,8 +95,8 @@ class BatchResult:
 
     def columns(self) -> list[str]:
         tops = [c for i in range(1, self.top_k + 1) for c in (f"top{i}", f"p{i}")]
-        return ["file", "status", "predicted", "probability", *tops, "decision", "review", "domain_score", "unusual",
-                "scale", "focus_blur_px", "error"]
+        return ["file", "status", "predicted", "probability", *tops, "decision", "set", "review", "domain_score",
+                "unusual", "scale", "focus_blur_px", "error"]
 
     def write(self, out_csv: str | Path) -> tuple[Path, Path]:
         """``out_csv`` (one row per image) and ``<stem>_counts.csv`` (the differential count)."""

@@ -38,7 +38,7 @@ def fit_temperature(view_logits: np.ndarray, y: np.ndarray) -> float:
 
 
 def fit_settings(views: np.ndarray, y: np.ndarray, classes, catch: float = 0.97, accuracy: float = 0.97,
-                 delta: float = 0.1, recall: float = 0.85) -> dict:
+                 delta: float = 0.1, recall: float = 0.85, coverage: float = 0.95) -> dict:
     """For inference with TTA (all views) and without (view 0): the temperature, the calibration error
     before and after, and the review policy fitted on the calibrated probabilities."""
     fitted = {}
@@ -47,7 +47,7 @@ def fit_settings(views: np.ndarray, y: np.ndarray, classes, catch: float = 0.97,
         probs = probs_from_logits(v, t)
         fitted[key] = {"temperature": t, "ece_before": expected_calibration_error(probs_from_logits(v), y),
                        "ece_after": expected_calibration_error(probs, y),
-                       "policy": fit_policy(probs, y, classes, catch, accuracy, delta, recall)}
+                       "policy": fit_policy(probs, y, classes, catch, accuracy, delta, recall, coverage)}
     return fitted
 
 
@@ -57,7 +57,7 @@ def calibrate(predictor: Predictor, data: str | Path | None = None, split: str =
     """Fit T and the review policy, with and without TTA, on ``split`` of ``data`` (or on the out-of-
     fold logits ``oof`` of `marrowscope cv`); with ``write``, store them in the model folder, and
     ``tta`` (when given) as the folder's default inference setting. ``targets``: catch, accuracy, delta,
-    recall."""
+    recall, coverage."""
     if oof is not None:
         views, y, unreadable, where = _oof_logits(predictor, Path(oof))
     else:

@@ -172,6 +172,8 @@ def _add_calibrate(sub) -> None:
     s.add_argument("--accept-accuracy", type=float, default=0.97,
                    help="accuracy the accepted cells must reach (default %(default)s)")
     s.add_argument("--delta", type=float, default=0.1, help="allowed chance that the accuracy guarantee fails")
+    s.add_argument("--set-coverage", type=float, default=0.95,
+                   help="share of cells whose prediction set holds their true class (default %(default)s)")
     inference_flags(s)
     s.set_defaults(func=cmd_calibrate)  # --tta/--no-tta given here also becomes the folder's default
 
@@ -182,7 +184,7 @@ def cmd_calibrate(a) -> None:
     from marrowscope.policy import Policy
 
     model_then_data(a)
-    for name in ("blast_catch", "accept_accuracy", "delta"):
+    for name in ("blast_catch", "accept_accuracy", "delta", "set_coverage"):
         if not 0 < getattr(a, name) < 1:
             raise MarrowscopeError(f"--{name.replace('_', '-')} must be a fraction between 0 and 1.")
     if not 0 <= a.blast_recall < 1:
@@ -192,7 +194,7 @@ def cmd_calibrate(a) -> None:
     predictor = Predictor(a.model, backend=a.backend, pixel_size=a.pixel_size)
     r = calibrate(predictor, None if a.oof else data_or_default(a.data), a.split, seed=a.seed,
                   data_root=a.data_root, tta=a.tta, oof=a.oof, catch=a.blast_catch, accuracy=a.accept_accuracy,
-                  delta=a.delta, recall=a.blast_recall)
+                  delta=a.delta, recall=a.blast_recall, coverage=a.set_coverage)
     for key, label in (("tta", "with TTA"), ("no_tta", "without TTA")):
         f = r[key]
         print(f"{label}: temperature {f['temperature']:.3f}, expected calibration error {f['ece_before']:.4f} -> "

@@ -90,6 +90,10 @@ def format_report(m: dict, classes: Sequence[str]) -> str:
             lines.append(f"blasts predicted BLA or flagged possible-blast: {d['blast_catch']:.1%} of {d['blasts']} "
                          f"({d['blasts_missed_unflagged']} not; of these, {d['blasts_accepted_as_other']} accepted as "
                          "another cell type, the rest sent to review)")
+    if d and "set_coverage" in d:
+        lines.append(f"prediction sets: {d['set_coverage']:.1%} hold the true class, {d['set_mean_size']:.2f} "
+                     f"classes on average, {d['set_single_share']:.1%} a single class ({d['set_cells']} images the "
+                     "domain check finds usual)")
     if "unusual_share" in m:
         lines.append(f"domain check: {m['unusual_share']:.1%} of the images look unlike the training images")
     if m.get("overlap_with_training"):
@@ -132,15 +136,16 @@ def evaluate(predictor: Predictor, data: str | Path, split: str = "test", out_di
     if not kept:
         raise MarrowscopeError(f"none of the {len(chosen)} images of the {split} split of '{data}' could be read "
                                f"(first: {unreadable[0].source}: {unreadable[0].reason}).")
-    m, pred, decisions = _report(predictor, data, split, kept, unreadable)
+    m, pred, decisions, sets = _report(predictor, data, split, kept, unreadable)
     if out_dir:
-        _write(m, kept, pred, decisions, predictor.classes, Path(out_dir))
+        _write(m, kept, pred, decisions, sets, predictor.classes, Path(out_dir))
     return m
 
 
 def _report(predictor: Predictor, data, split: str, kept: list, unreadable: list[Unreadable]
-            ) -> tuple[dict, np.ndarray, list[str]]:
-    """The metrics, and each image's predicted class and decision under the model folder's review policy."""
+            ) -> tuple[dict, np.ndarray, list[str], list[str]]:
+    """The metrics, and each image's predicted class, decision and prediction set ("|"-joined; empty for an
+    unusual image or without sets) under the model folder's review policy."""
     index = {c: i for i, c in enumerate(predictor.classes)}
     probs = np.stack([r.probs for _, r in kept])
     y = np.array([index[s.label] for s, _ in kept])
@@ -150,7 +155,9 @@ def _report(predictor: Predictor, data, split: str, kept: list, unreadable: list
     m = compute_metrics(probs, y, predictor.classes, pred)
     # the review policy on these cells: accepted share and accuracy, blasts caught
     decisions = policy.decide(probs, predictor.classes, usual)
-    m["decisions"] = {**decision_metrics(decisions, pred, y, predictor.classes), "policy": policy.describe()}
+    in_set = policy.in_set(probs, predictor.classes, usual)
+    m["decisions"] = {**decision_metrics(decisions, pred, y, predictor.classes, in_set, usual),
+                      "policy": policy.describe()}
     trained = _training_hashes(predictor.model_dir)
     m["overlap_with_training"] = sum(1 for s, _ in kept if (s.sha256 or sha256_of(s.path)) in trained)
     settings = f"{predictor.backend}, TTA {'on' if predictor.tta else 'off'}, temperature {predictor.temperature:g}"
@@ -165,7 +172,8 @@ def _report(predictor: Predictor, data, split: str, kept: list, unreadable: list
         "description": f"{len(kept)} images of the '{split}' split of {Path(data).name}, model "
                        f"{predictor.model_dir.name} ({predictor.info.architecture}; {settings}).",
     })
-    return m, pred, [str(d) for d in decisions]
+    sets = ["|".join(policy.prediction_set(r.probs, predictor.classes, u) or []) for (_, r), u in zip(kept, usual)]
+    return m, pred, [str(d) for d in decisions], sets
 
 
 def _domain_cells(score: Optional[float], above: Optional[float]) -> tuple[str, str]:
@@ -174,7 +182,8 @@ def _domain_cells(score: Optional[float], above: Optional[float]) -> tuple[str, 
     return f"{score:.3f}", "yes" if score > above else "no"
 
 
-def _write(m: dict, kept: list, pred: np.ndarray, decisions: list[str], classes: Sequence[str], out: Path) -> None:
+def _write(m: dict, kept: list, pred: np.ndarray, decisions: list[str], sets: list[str], classes: Sequence[str],
+           out: Path) -> None:
     from marrowscope.plots import plot_confusion, plot_reliability
 
     out.mkdir(parents=True, exist_ok=True)
@@ -182,12 +191,12 @@ def _write(m: dict, kept: list, pred: np.ndarray, decisions: list[str], classes:
     # paths relative to the data's root: the report reads the same on every machine
     above = m.get("domain_threshold")
     write_csv(out / "predictions.csv",
-              ["path", "label", "predicted", "confidence", "decision", *classes, "domain_score", "unusual", "scale",
-               "focus_blur_px"],
-              ([s.rel or s.path.name, s.label, classes[i], f"{r.probs[i]:.4f}", d,
+              ["path", "label", "predicted", "confidence", "decision", "set", *classes, "domain_score", "unusual",
+               "scale", "focus_blur_px"],
+              ([s.rel or s.path.name, s.label, classes[i], f"{r.probs[i]:.4f}", d, pset,
                 *(f"{p:.4f}" for p in r.probs), *_domain_cells(r.domain_score, above), str(r.scale or ""),
                 blur_cell(r.blur_px)]
-               for (s, r), i, d in zip(kept, pred, decisions)))
+               for (s, r), i, d, pset in zip(kept, pred, decisions, sets)))
     title = f"{m['split']} split, {len(kept)} images"
     plot_confusion(np.array(m["confusion_matrix"]), classes, out / "confusion_matrix.png", title)
     plot_reliability(m["reliability_bins"], m["ece"], out / "reliability.png", title)

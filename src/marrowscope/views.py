@@ -70,8 +70,19 @@ def scratch_dir(prefix: str) -> Path:
 
 
 def cell_advice(policy, classes, probs, top: tuple[str, float], usual: bool = True) -> str:
-    """The cell's call and decision (the model folder's review policy) in a sentence; ``top``: the most
-    probable class and its probability; ``usual``: the domain check finds the image like the training ones."""
+    """The cell's call, decision (the model folder's review policy) and prediction set in sentences; ``top``:
+    the most probable class and its probability; ``usual``: the domain check finds the image like the
+    training ones."""
+    text = _decision_text(policy, classes, probs, top, usual)
+    pset = policy.prediction_set(probs, classes, usual)
+    if pset:
+        cover = f" (holds the type of {policy.set_coverage:.0%} of cells like those it was fitted on)" \
+            if policy.set_coverage else ""
+        text += f"\n\nPrediction set{cover}: {' or '.join(display_name(c) for c in pset)}."
+    return text
+
+
+def _decision_text(policy, classes, probs, top: tuple[str, float], usual: bool) -> str:
     decision = str(policy.decide(probs, classes, np.array([usual]))[0])
     label, p = policy.predicted(probs, classes, usual)
     if label != top[0]:  # only the blast weight makes the call differ from the most probable class
