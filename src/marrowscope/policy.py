@@ -189,7 +189,7 @@ def set_thresholds(probs: np.ndarray, y: np.ndarray, coverage: float) -> list[fl
 
 def fit_policy(probs: np.ndarray, y: np.ndarray, classes: Sequence[str], catch: float = 0.97,
                accuracy: float = 0.97, delta: float = 0.1, recall: float = 0.85, coverage: float = 0.95) -> dict:
-    """Fit the blast weight, then both thresholds, and the prediction sets' threshold, on calibrated
+    """Fit the blast weight, then both thresholds, and the prediction sets' thresholds, on calibrated
     probabilities of held-out cells; returns the settings for the model folder, with what they give on
     these cells."""
     b = list(classes).index(BLAST) if BLAST in classes else None
@@ -218,7 +218,7 @@ def decision_metrics(decisions: np.ndarray, pred: np.ndarray, y: np.ndarray, cla
            "accepted_accuracy": round(float(correct[acc].mean()), 4) if acc.any() else None,
            **{f"{d}_share": round(float((decisions == d).mean()), 4) for d in DECISIONS[1:]}}
     rows = np.ones(len(y), bool) if usual is None else np.asarray(usual, dtype=bool)
-    if in_set is not None and rows.any():  # an empty set is a miss
+    if in_set is not None and rows.any():
         sizes = in_set[rows].sum(axis=1)
         out.update({"set_cells": int(rows.sum()),
                     "set_coverage": round(float(in_set[np.arange(len(y)), y][rows].mean()), 4),
