@@ -50,7 +50,7 @@ def sharpness(p: Predictor, images) -> tuple[float, float]:
     """Medians over images of the variance of the 4-neighbour Laplacian of the gray image at the
     network's input size (after the scale step, before focus matching), and of that over the gray
     variance: how crisp a set of images is, where the model reads it."""
-    views = [p.preprocess.geometry_only(p.preprocess.to_scale(im)[0]) for im in images]
+    views = [p.preprocess.to_input_size(im)[0] for im in images]
     return (float(np.median([laplacian_variance(v) for v in views])),
             float(np.median([focus_sharpness(v) for v in views])))
 

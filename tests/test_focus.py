@@ -121,7 +121,7 @@ def test_csvs_and_app_say_how_much_each_image_was_blurred(tiny_model, tmp_path):
 
     model = shutil.copytree(tiny_model, tmp_path / "model")
     size = read_model_info(model).data_config["input_size"][-1]
-    seen = [Preprocess.for_model(read_model_info(tiny_model)).geometry(soft(i).resize((size, size)))
+    seen = [Preprocess.for_model(read_model_info(tiny_model)).to_input_size(soft(i).resize((size, size)))[0]
             for i in range(20)]
     write_settings(model, focus=measure(seen))  # the soft cells are this folder's training sharpness
     cells = tmp_path / "cells" / "EOS"

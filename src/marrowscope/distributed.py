@@ -36,10 +36,10 @@ class _Files(Dataset):
 
 
 def _collate(items):
-    shape = next((x.shape for x, *_ in items if x is not None), (3, 1, 1))
-    xs = torch.stack([x if x is not None else torch.zeros(shape) for x, *_ in items])
-    return (xs, torch.tensor([i for _, i, *_ in items]), [e for _, _, e, *_ in items], [s for *_, s, _ in items],
-            [b for *_, b in items])
+    xs, idx, errors, scales, blurs = zip(*items)
+    shape = next((x.shape for x in xs if x is not None), (3, 1, 1))
+    return (torch.stack([x if x is not None else torch.zeros(shape) for x in xs]), torch.tensor(idx), list(errors),
+            list(scales), list(blurs))
 
 
 class _Ranked(L.LightningModule):

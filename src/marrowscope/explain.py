@@ -31,10 +31,10 @@ class Explainer:
     def heatmap(self, src: ImageSource, class_index: Optional[int] = None,
                 pixel_size: Optional[float] = None) -> tuple[np.ndarray, int]:
         """A [H, W] map in [0, 1] at the model's input size, for ``class_index`` (default: the most probable)."""
-        return self._heatmap(self.preprocess.view(decode_image(src), pixel_size)[0], class_index)
+        return self._heatmap(self.geometry(decode_image(src), pixel_size), class_index)
 
     def _heatmap(self, seen: Image.Image, class_index: Optional[int]) -> tuple[np.ndarray, int]:
-        """The map of the pixels the network sees (``Preprocess.view``)."""
+        """The map of the pixels the network sees (``Preprocess.geometry``)."""
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
         x = self.preprocess.to_tensor(seen).unsqueeze(0)
@@ -53,7 +53,7 @@ class Explainer:
         from pytorch_grad_cam.utils.image import show_cam_on_image
 
         # prepared once (the red-cell estimate is the costly part), then mapped and drawn on the same pixels
-        seen = self.preprocess.view(decode_image(src), pixel_size)[0]
+        seen = self.geometry(decode_image(src), pixel_size)
         cam, _ = self._heatmap(seen, class_index)
         rgb = np.asarray(seen, dtype=np.float32) / 255.0
         return Image.fromarray(show_cam_on_image(rgb, cam, use_rgb=True, image_weight=weight))

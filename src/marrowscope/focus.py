@@ -91,12 +91,11 @@ def fit_for_model(model_dir, paths: Sequence) -> Optional[dict]:
     from marrowscope.images import decode_image
     from marrowscope.transforms import Preprocess
 
-    info = read_model_info(model_dir)
-    unfocused = Preprocess(info.data_config, info.scale)  # settings being replaced are not used to measure
+    preprocess = Preprocess.for_model(read_model_info(model_dir))
     views = []
     for path in paths:
-        try:
-            views.append(unfocused.geometry(decode_image(path)))
+        try:  # before focus matching: settings being replaced are not used to measure their replacement
+            views.append(preprocess.to_input_size(decode_image(path))[0])
         except ImageDecodeError:
             continue
     settings = measure(views)

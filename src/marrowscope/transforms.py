@@ -79,10 +79,15 @@ class Preprocess:
         given = self.check_pixel_size(pixel_size) or self.pixel_size
         return ToTrainingScale(self.scale["pixel_size_um"], self.scale["field_px"], given)(image)
 
+    def to_input_size(self, image, pixel_size: Optional[float] = None):
+        """(the image at the training scale, resized and cropped to the network's input: what focus
+        matching measures, and is fitted on; the image's Scale or None)."""
+        image, scale = self.to_scale(image, pixel_size)
+        return self.geometry_only(image), scale
+
     def view(self, image, pixel_size: Optional[float] = None):
         """(the pixels the network sees as a PIL image, the image's Scale or None, the focus blur or None)."""
-        image, scale = self.to_scale(image, pixel_size)
-        image = self.geometry_only(image)
+        image, scale = self.to_input_size(image, pixel_size)
         seen, blur = self.focus(image) if self.focus else (image, None)
         return seen, scale, blur
 
