@@ -4,7 +4,8 @@ import pytest
 
 from marrowscope.classes import CLASSES
 from marrowscope.errors import ImageDecodeError, MarrowscopeError
-from marrowscope.predict import Predictor, differential_count
+from marrowscope.batch import differential_count
+from marrowscope.predict import Predictor
 from marrowscope.batch import run_batch
 from tests.conftest import synthetic_cell
 

@@ -5,9 +5,10 @@ Shared by ``marrowscope predict`` and the app's batch view, so both count cells 
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
@@ -15,7 +16,8 @@ from marrowscope.config import REVIEW_BELOW
 from marrowscope.csvfiles import write_csv
 from marrowscope.errors import Unreadable
 from marrowscope.policy import DECISIONS, Policy
-from marrowscope.predict import Predictor, Result, collect_images, differential_count
+from marrowscope.images import collect_images
+from marrowscope.predict import Predictor, Result
 
 
 UNUSUAL_WARNING = ("these images look unlike the images the model learnt from (another lab, stain, scanner or "
@@ -141,3 +143,11 @@ def run_batch(predictor: Predictor, paths: Sequence[str | Path], out_csv: Option
     if out_csv:
         result.write(out_csv)
     return result
+
+
+def differential_count(labels: Iterable[str], classes: Sequence[str]) -> list[dict]:
+    """Cells per class and percent of classified cells, in class order, zeros included."""
+    counts = Counter(labels)
+    total = sum(counts[c] for c in classes)
+    return [{"class": c, "cells": counts[c], "percent": round(100 * counts[c] / total, 1) if total else 0.0}
+            for c in classes]

@@ -160,7 +160,7 @@ def check_images(paths: Optional[Sequence[str | Path]], limit: int = 64) -> list
     the default data folder where present; empty means random input."""
     from marrowscope.classes import CLASSES
     from marrowscope.data import default_data_dir
-    from marrowscope.predict import collect_images
+    from marrowscope.images import collect_images
 
     images = collect_images(paths)[0] if paths else []
     if not images and default_data_dir():

@@ -11,12 +11,12 @@ from __future__ import annotations
 import io
 import warnings
 from pathlib import Path
-from typing import Union
+from typing import Iterable, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from marrowscope.errors import ImageDecodeError
+from marrowscope.errors import ImageDecodeError, Unreadable
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp")
 # A cell crop is a few hundred pixels wide; whole slides are not what the model reads.
@@ -157,3 +157,19 @@ def _from_array(arr: np.ndarray, name: str) -> Image.Image:
     _check_aspect(arr.shape[1], arr.shape[0], name)
     im = Image.fromarray(arr)
     return _to_rgb(im, name) if im.mode != "RGB" else im
+
+
+def collect_images(paths: Iterable[str | Path]) -> tuple[list[Path], list[Unreadable]]:
+    """Files as given, folders searched recursively for images; missing paths reported."""
+    found, missing = [], []
+    for p in map(Path, paths):
+        if p.is_dir():
+            images = sorted(f for f in p.rglob("*") if f.is_file() and is_image_path(f))
+            if not images:
+                missing.append(Unreadable(p, f"folder '{p}' holds no images."))
+            found += images
+        elif p.exists():
+            found.append(p)
+        else:
+            missing.append(Unreadable(p, f"'{p}' does not exist."))
+    return found, missing

@@ -13,7 +13,7 @@ The model folder is loaded once. Backends: ONNX Runtime when the folder holds ``
 from __future__ import annotations
 
 import os
-from collections import Counter, deque
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
@@ -26,7 +26,7 @@ import torch
 from marrowscope.artifacts import load_model_folder, read_model_info, resolve_model_dir
 from marrowscope.domain import DomainCheck
 from marrowscope.errors import ImageDecodeError, MarrowscopeError, Unreadable
-from marrowscope.images import ImageSource, decode_image, is_image_path
+from marrowscope.images import ImageSource, decode_image
 from marrowscope.model import WithFeatures
 from marrowscope.policy import Policy
 from marrowscope.scale import Scale
@@ -272,27 +272,3 @@ def _has_ort() -> bool:
     except ImportError:
         return False
     return True
-
-
-def collect_images(paths: Iterable[str | Path]) -> tuple[list[Path], list[Unreadable]]:
-    """Files as given, folders searched recursively for images; missing paths reported."""
-    found, missing = [], []
-    for p in map(Path, paths):
-        if p.is_dir():
-            images = sorted(f for f in p.rglob("*") if f.is_file() and is_image_path(f))
-            if not images:
-                missing.append(Unreadable(p, f"folder '{p}' holds no images."))
-            found += images
-        elif p.exists():
-            found.append(p)
-        else:
-            missing.append(Unreadable(p, f"'{p}' does not exist."))
-    return found, missing
-
-
-def differential_count(labels: Iterable[str], classes: Sequence[str]) -> list[dict]:
-    """Cells per class and percent of classified cells, in class order, zeros included."""
-    counts = Counter(labels)
-    total = sum(counts[c] for c in classes)
-    return [{"class": c, "cells": counts[c], "percent": round(100 * counts[c] / total, 1) if total else 0.0}
-            for c in classes]
