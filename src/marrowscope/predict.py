@@ -16,6 +16,7 @@ import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from importlib.util import find_spec
 from itertools import islice
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple, Optional, Sequence, Union
@@ -139,7 +140,7 @@ class Predictor:
     def _choose_backend(self, backend: str) -> str:
         if backend == "auto":  # the fastest that is there: INT8 (shipped only if accuracy held), fp32, PyTorch
             backend = next((b for b in ("onnx-int8", "onnx") if (self.model_dir / ONNX_FILES[b]).is_file()), "torch")
-            return backend if backend == "torch" or _has_ort() else "torch"
+            return backend if backend == "torch" or find_spec("onnxruntime") else "torch"
         if backend in ONNX_FILES and not (self.model_dir / ONNX_FILES[backend]).is_file():
             raise MarrowscopeError(f"--backend {backend}: '{self.model_dir / ONNX_FILES[backend]}' is missing; run "
                                    f"`marrowscope export-onnx{' --int8' if backend == 'onnx-int8' else ''} "
@@ -181,11 +182,11 @@ class Predictor:
         with ThreadPoolExecutor(workers or min(4, os.cpu_count() or 1)) as pool:
             pending: deque = deque()
             it = iter(zip(names, sources))
-            for name, src in _take(it, batch_size * 2):
+            for name, src in islice(it, batch_size * 2):
                 pending.append((name, pool.submit(self.load, src, name, pixel_size)))
             while pending:
                 chunk = [pending.popleft() for _ in range(min(batch_size, len(pending)))]
-                for name, src in _take(it, len(chunk)):  # keep the decoders one batch ahead
+                for name, src in islice(it, len(chunk)):  # keep the decoders one batch ahead
                     pending.append((name, pool.submit(self.load, src, name, pixel_size)))
                 loaded = [(name, fut.result()) for name, fut in chunk]
                 ok = [x for _, x in loaded if not isinstance(x, Unreadable)]
@@ -260,15 +261,3 @@ class Predictor:
 
 def _name(src: object, i: int) -> str:
     return str(src) if isinstance(src, (str, Path)) else f"image {i}"
-
-
-def _take(it: Iterator, n: int) -> list:
-    return list(islice(it, n))
-
-
-def _has_ort() -> bool:
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
