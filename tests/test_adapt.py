@@ -116,15 +116,16 @@ def test_mix_blends_the_fine_tuned_weights_with_the_source(tiny_model, tmp_path)
         assert torch.allclose(nets[0.5][k], (nets[1.0][k] + source[k]) / 2, atol=2e-3)  # halfway
 
 
-def test_adapted_folder_keeps_the_thresholds_but_not_the_blast_weight(tiny_model, tmp_path):
+def test_adapted_folder_keeps_the_thresholds_but_not_the_blast_weight_nor_the_second_reading(tiny_model, tmp_path):
     source = shutil.copytree(tiny_model, tmp_path / "model")
     policy = {"accept_threshold": 0.9, "blast_threshold": 0.05, "blast_weight": 3.0}
-    write_settings(source, policy={"tta": policy, "no_tta": policy})
+    write_settings(source, policy={"tta": policy, "no_tta": policy}, second_reading={"zoom": 0.7, "how": "test"})
     cells = make_dataset(tmp_path / "lab", per_class=4, classes=("EOS", "LYT"))
     adapt(cells, source, tmp_path / "ours", epochs=1, workers=0)
     # the weight was fitted for the source network on images like its own: the new lab's are not
     assert read_model_info(tmp_path / "ours").policy(False) == {**policy, "blast_weight": 1.0}
     assert read_model_info(source).policy(False) == policy
+    assert read_model_info(tmp_path / "ours").second_zoom is None and read_model_info(source).second_zoom == 0.7
 
 
 def test_adapted_domain_check_does_not_flag_both_labs_images(tiny_run, tmp_path):

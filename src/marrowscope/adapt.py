@@ -169,6 +169,7 @@ def adapt(data: str | Path, from_model: Optional[str | Path], out: str | Path, *
                    "mix": mix, "unreadable": [u.as_dict() for u in [*skipped, *more]]}
         extra = {**info.extra, "adapted": summary}
         extra.pop("domain", None)
+        extra.pop("second_reading", None)  # its zoom was chosen for the source network; this one is another
         # the blast weight was fitted on the source network's held-out blasts and holds for images like them;
         # the new lab's images become usual to the refitted domain check, so the weight would reach images
         # it was never fitted on (`calibrate` on the lab's own held-out cells, blasts among them, refits it)

@@ -66,7 +66,8 @@ def classify(predictor: Predictor, explainer, image_path: Optional[str], review_
     advice = cell_advice(policy, predictor.classes, pred.probs, top[0], usual)
     if not usual:
         advice = "**Warning:** this image looks unlike the images the model learnt from: results may be wrong.\n\n" \
-                 + advice
+                 + advice + (f"\n\nRead twice, as it is and with the cell at {predictor.second_zoom:g} of its size, "
+                             "and the two averaged (README, \"Other labs\")." if predictor.second_zoom else "")
     if pred.scale is not None:
         advice += f"\n\nScale: {pred.scale}."
     if pred.blur_px:

@@ -53,6 +53,13 @@ class ModelInfo:
         return scale if scale and {"pixel_size_um", "field_px"} <= set(scale) else None
 
     @property
+    def second_zoom(self) -> Optional[float]:
+        """The zoom (below 1: smaller) of the second reading of images the domain check flags, if chosen
+        (``scripts/choose_second_zoom.py``; :meth:`marrowscope.predict.Predictor.read_again`)."""
+        zoom = (self.extra.get("second_reading") or {}).get("zoom")
+        return float(zoom) if zoom else None
+
+    @property
     def focus(self) -> Optional[dict]:
         """The training images' sharpness (``median``, ``above``: :mod:`marrowscope.focus`), if measured."""
         return self.extra.get("focus") or None

@@ -20,7 +20,8 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
 from marrowscope.errors import MarrowscopeError, Unreadable
-from marrowscope.predict import Prediction, Predictor, Result, probs_from_logits
+from marrowscope.predict import Prediction, Predictor, Raw, Result
+from marrowscope.scale import Scale
 
 
 class _Files(Dataset):
@@ -32,32 +33,39 @@ class _Files(Dataset):
 
     def __getitem__(self, i):
         x = self.predictor.load(self.files[i])
-        return (None, i, x.reason, "", None) if isinstance(x, Unreadable) else (x[0], i, "", str(x[1] or ""), x[2])
+        if isinstance(x, Unreadable):
+            return None, i, x.reason, "", None, None
+        # the scale travels as text and pixel size: Lightning cannot move a frozen dataclass between devices
+        return x[0], i, "", str(x[1] or ""), x[1] and x[1].pixel_size_um, x[2]
 
 
 def _collate(items):
-    xs, idx, errors, scales, blurs = zip(*items)
+    xs, idx, errors, scales, pixel_sizes, blurs = zip(*items)
     shape = next((x.shape for x in xs if x is not None), (3, 1, 1))
     return (torch.stack([x if x is not None else torch.zeros(shape) for x in xs]), torch.tensor(idx), list(errors),
-            list(scales), list(blurs))
+            list(scales), list(pixel_sizes), list(blurs))
 
 
 class _Ranked(L.LightningModule):
     """The Predictor inside Lightning's launch; its network (PyTorch backend) is a submodule so
     that Lightning places it on the rank's device."""
 
-    def __init__(self, predictor: Predictor):
+    def __init__(self, predictor: Predictor, files: Sequence[Path]):
         super().__init__()
-        self.predictor = predictor
+        self.predictor, self.files = predictor, files
         self.net = predictor.net  # None with ONNX Runtime, which runs on the CPU of each rank
 
     def predict_step(self, batch, batch_idx):
-        x, idx, errors, scales, blurs = batch
+        x, idx, errors, scales, pixel_sizes, blurs = batch
         readable = [k for k, e in enumerate(errors) if not e]
         probs, domain = np.zeros((len(x), len(self.predictor.classes))), np.full(len(x), np.nan)
         if readable:
-            logits, _, scores = self.predictor.forward(x[readable])
-            probs[readable] = probs_from_logits(logits, self.predictor.temperature)
+            p = self.predictor
+            logits, _, scores = p.forward(x[readable])
+            again = p.read_again([self.files[int(idx[k])] for k in readable],
+                                 [pixel_sizes[k] and Scale(pixel_sizes[k], scales[k]) for k in readable], scores)
+            for j, k in enumerate(readable):  # the same finish as one process: views and readings averaged
+                probs[k] = p.finish(Raw("", logits[:, j], None, None, None, None, again[j])).probs
             if scores is not None:
                 domain[readable] = scores
         return idx.tolist(), probs, errors, scales, domain, blurs
@@ -87,7 +95,7 @@ def predict_distributed(predictor: Predictor, files: Sequence[Path], work: Path,
     for old in work.glob(f"rank{trainer.global_rank}.csv"):
         old.unlink()
     loader = DataLoader(_Files(files, predictor), batch_size=batch_size, num_workers=workers, collate_fn=_collate)
-    trainer.predict(_Ranked(predictor), loader, return_predictions=False)
+    trainer.predict(_Ranked(predictor, files), loader, return_predictions=False)
     trainer.strategy.barrier()
     if trainer.global_rank != 0:
         return None

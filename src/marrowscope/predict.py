@@ -3,8 +3,9 @@ calibrate, the app and the DDP ranks.
 
 file/upload -> :meth:`Predictor.load` (the one decoder; :class:`~marrowscope.transforms.Preprocess`:
 training scale, then the model folder's eval transform) -> :meth:`Predictor.forward` (the backend;
-4 views with TTA; pooled features for the domain check) -> :func:`probs_from_logits` (temperature,
-softmax, view average). Unreadable inputs become :class:`Unreadable` and the rest go on.
+4 views with TTA; pooled features for the domain check) -> images the domain check flags read a second
+time, smaller (:meth:`Predictor.read_again`) -> :func:`probs_from_logits` (temperature, softmax, average
+over views and readings). Unreadable inputs become :class:`Unreadable` and the rest go on.
 
 The model folder is loaded once. Backends: ONNX Runtime when the folder holds ``model.onnx``
 (fastest on CPU), else PyTorch with ``channels_last`` and ``inference_mode``.
@@ -57,7 +58,8 @@ Result = Union[Prediction, Unreadable]
 
 
 class Raw(NamedTuple):
-    """One image before the softmax: its [V, C] logits, scale, domain score, [D] features and focus blur."""
+    """One image before the softmax: its [V, C] logits, scale, domain score, [D] features, focus blur and the
+    [V, C] logits of its second reading (None unless the domain check flagged it)."""
 
     source: str
     logits: np.ndarray
@@ -65,6 +67,7 @@ class Raw(NamedTuple):
     domain_score: Optional[float]
     features: Optional[np.ndarray]
     blur_px: Optional[float] = None
+    again: Optional[np.ndarray] = None
 
 
 def tta_views(batch: torch.Tensor, tta: bool) -> torch.Tensor:
@@ -136,6 +139,7 @@ class Predictor:
         # ONNX files exported before the domain check give logits only: the check is off with them
         has_features = self.session is None or len(self.session.get_outputs()) > 1
         self.unusual_above = self.domain.threshold if self.domain is not None and has_features else None
+        self.second_zoom = self.info.second_zoom if self.info.scale else None
 
     def _choose_backend(self, backend: str) -> str:
         if backend == "auto":  # the fastest that is there: INT8 (shipped only if accuracy held), fp32, PyTorch
@@ -147,12 +151,13 @@ class Predictor:
                                    f"--model {self.model_dir}` first.")
         return backend
 
-    def load(self, src: ImageSource, name: Optional[str] = None, pixel_size: Optional[float] = None
-             ) -> Union[tuple[torch.Tensor, Optional[Scale], Optional[float]], Unreadable]:
+    def load(self, src: ImageSource, name: Optional[str] = None, pixel_size: Optional[float] = None,
+             zoom: float = 1.0) -> Union[tuple[torch.Tensor, Optional[Scale], Optional[float]], Unreadable]:
         """Decode (the one decoder) and preprocess one source to ([3, H, W], its scale, its focus blur), or
-        say why it cannot be read. ``pixel_size`` (µm per pixel) overrides the estimate for this call."""
+        say why it cannot be read. ``pixel_size`` (µm per pixel) overrides the estimate for this call;
+        ``zoom`` draws the cell that much larger or smaller than at the training scale."""
         try:
-            return self.preprocess(decode_image(src), pixel_size)
+            return self.preprocess(decode_image(src), pixel_size, zoom)
         except ImageDecodeError as exc:
             return Unreadable(name if name is not None else _name(src, 0), str(exc))
 
@@ -183,21 +188,22 @@ class Predictor:
             pending: deque = deque()
             it = iter(zip(names, sources))
             for name, src in islice(it, batch_size * 2):
-                pending.append((name, pool.submit(self.load, src, name, pixel_size)))
+                pending.append((name, src, pool.submit(self.load, src, name, pixel_size)))
             while pending:
                 chunk = [pending.popleft() for _ in range(min(batch_size, len(pending)))]
                 for name, src in islice(it, len(chunk)):  # keep the decoders one batch ahead
-                    pending.append((name, pool.submit(self.load, src, name, pixel_size)))
-                loaded = [(name, fut.result()) for name, fut in chunk]
-                ok = [x for _, x in loaded if not isinstance(x, Unreadable)]
-                logits, feats, scores = self.forward(torch.stack([x[0] for x in ok])) if ok else (None, None, None)
+                    pending.append((name, src, pool.submit(self.load, src, name, pixel_size)))
+                loaded = [(name, src, fut.result()) for name, src, fut in chunk]
+                ok = [(src, x) for _, src, x in loaded if not isinstance(x, Unreadable)]
+                logits, feats, scores = self.forward(torch.stack([x[0] for _, x in ok])) if ok else (None, None, None)
+                again = self.read_again([src for src, _ in ok], [x[1] for _, x in ok], scores, pool)
                 k = 0
-                for name, x in loaded:
+                for name, _, x in loaded:
                     if isinstance(x, Unreadable):
                         yield x
                         continue
                     yield Raw(name, logits[:, k], x[1], None if scores is None else float(scores[k]),
-                              None if feats is None else feats[k], x[2])
+                              None if feats is None else feats[k], x[2], again[k])
                     k += 1
 
     def stacked_logits(self, sources: Sequence[ImageSource], names: Optional[Sequence[str]] = None
@@ -217,8 +223,14 @@ class Predictor:
                      names: Optional[Sequence[str]] = None, pixel_size: Optional[float] = None) -> Iterator[Result]:
         """A :class:`Prediction` or an :class:`Unreadable` per source, in input order."""
         for r in self.stream_logits(sources, names, batch_size, workers, pixel_size):
-            yield r if isinstance(r, Unreadable) else Prediction(
-                r.source, probs_from_logits(r.logits[:, None], self.temperature)[0], r.scale, r.domain_score, r.blur_px)
+            yield r if isinstance(r, Unreadable) else self.finish(r)
+
+    def finish(self, r: Raw) -> Prediction:
+        """The :class:`Prediction` of a :class:`Raw` result: softmax at the folder's temperature, averaged over
+        the views of each reading, each reading weighing the same."""
+        views = r.logits if r.again is None else np.concatenate([r.logits, r.again])
+        return Prediction(r.source, probs_from_logits(views[:, None], self.temperature)[0], r.scale, r.domain_score,
+                          r.blur_px)
 
     def predict(self, src: ImageSource, pixel_size: Optional[float] = None) -> dict[str, float]:
         """One image -> {class: probability} over all classes, most probable first.
@@ -239,8 +251,29 @@ class Predictor:
         if isinstance(loaded, Unreadable):
             raise ImageDecodeError(loaded.reason)
         logits, _, scores = self.forward(loaded[0][None])
-        return Prediction(_name(src, 0), probs_from_logits(logits, self.temperature)[0], loaded[1],
-                          None if scores is None else float(scores[0]), loaded[2])
+        return self.finish(Raw(_name(src, 0), logits[:, 0], loaded[1], None if scores is None else float(scores[0]),
+                               None, loaded[2], self.read_again([src], [loaded[1]], scores)[0]))
+
+    def read_again(self, sources: Sequence[ImageSource], scales: Sequence[Optional[Scale]],
+                   scores: Optional[np.ndarray], pool: Optional[ThreadPoolExecutor] = None) -> list:
+        """[V, C] logits of a second reading, the cell drawn ``second_zoom`` times its size, of each image the
+        domain check flags; None for the rest, and for all where the folder chose no zoom. ``pool``: threads
+        to decode them in. Why: the bundled network took another lab's blood lymphocytes and monocytes for
+        blasts at the red-cell scale but mostly not when shown smaller, while its own lab's test images, all
+        read both ways, lost no blast (README, "Other labs"). Images like the training images: one reading."""
+        out: list[Optional[np.ndarray]] = [None] * len(sources)
+        if not self.second_zoom or self.unusual_above is None or scores is None:
+            return out
+        flagged = [i for i, (sc, s) in enumerate(zip(scales, scores)) if sc is not None and s > self.unusual_above]
+        # at the first reading's pixel size (no second estimate), which passed Preprocess.check_pixel_size
+        loads = (pool.map if pool else map)(
+            lambda i: self.load(sources[i], None, scales[i].pixel_size_um, self.second_zoom), flagged)
+        loaded = [(i, x) for i, x in zip(flagged, loads) if not isinstance(x, Unreadable)]  # changed since: once
+        if loaded:
+            logits = self.forward(torch.stack([x[0] for _, x in loaded]))[0]
+            for k, (i, _) in enumerate(loaded):
+                out[i] = logits[:, k]
+        return out
 
     def is_unusual(self, prediction: Prediction) -> bool:
         """Whether the domain check finds the image unlike the training images."""

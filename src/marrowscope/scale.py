@@ -85,14 +85,16 @@ class ToTrainingScale:
         pixel_size_um: the training images' pixel size.
         field_px: the side of the training crops, in their pixels.
         given_um: the input's pixel size when the user knows it (skips the estimate).
+        zoom: the cell drawn this much larger (above 1) or smaller than at the training scale, over a field
+            as many pixels wide (a second reading, :meth:`marrowscope.predict.Predictor.read_again`).
     """
 
-    def __init__(self, pixel_size_um: float, field_px: int, given_um: Optional[float] = None):
-        self.pixel_size_um, self.field_px, self.given_um = pixel_size_um, int(field_px), given_um
+    def __init__(self, pixel_size_um: float, field_px: int, given_um: Optional[float] = None, zoom: float = 1.0):
+        self.pixel_size_um, self.field_px, self.given_um, self.zoom = pixel_size_um, int(field_px), given_um, zoom
 
     def __call__(self, image: Image.Image) -> tuple[Image.Image, Scale]:
         scale = self.scale_of(image)
-        factor = scale.pixel_size_um / self.pixel_size_um  # input pixels -> training pixels
+        factor = self.zoom * scale.pixel_size_um / self.pixel_size_um  # input pixels -> training pixels
         # crop the source window first, so the work stays at the field's size whatever the input's
         window = self.field_px / factor
         cx, cy = image.width / 2, image.height / 2

@@ -69,30 +69,30 @@ class Preprocess:
                                    "cells at about 0.05-0.5 µm per pixel.")
         return float(pixel_size)
 
-    def to_scale(self, image, pixel_size: Optional[float] = None):
-        """(the image at the training scale and field, its Scale); the image as it is, and None, for a
-        model folder that records no training scale."""
+    def to_scale(self, image, pixel_size: Optional[float] = None, zoom: float = 1.0):
+        """(the image at the training scale and field, times ``zoom``; its Scale); the image as it is, and
+        None, for a model folder that records no training scale."""
         from marrowscope.scale import ToTrainingScale
 
         if not self.scale:
             return image, None
         given = self.check_pixel_size(pixel_size) or self.pixel_size
-        return ToTrainingScale(self.scale["pixel_size_um"], self.scale["field_px"], given)(image)
+        return ToTrainingScale(self.scale["pixel_size_um"], self.scale["field_px"], given, zoom)(image)
 
-    def to_input_size(self, image, pixel_size: Optional[float] = None):
+    def to_input_size(self, image, pixel_size: Optional[float] = None, zoom: float = 1.0):
         """(the image at the training scale, resized and cropped to the network's input: what focus
         matching measures, and is fitted on; the image's Scale or None)."""
-        image, scale = self.to_scale(image, pixel_size)
+        image, scale = self.to_scale(image, pixel_size, zoom)
         return self.geometry_only(image), scale
 
-    def view(self, image, pixel_size: Optional[float] = None):
+    def view(self, image, pixel_size: Optional[float] = None, zoom: float = 1.0):
         """(the pixels the network sees as a PIL image, the image's Scale or None, the focus blur or None)."""
-        image, scale = self.to_input_size(image, pixel_size)
+        image, scale = self.to_input_size(image, pixel_size, zoom)
         seen, blur = self.focus(image) if self.focus else (image, None)
         return seen, scale, blur
 
-    def __call__(self, image, pixel_size: Optional[float] = None):
-        seen, scale, blur = self.view(image, pixel_size)
+    def __call__(self, image, pixel_size: Optional[float] = None, zoom: float = 1.0):
+        seen, scale, blur = self.view(image, pixel_size, zoom)
         return self.to_tensor(seen), scale, blur
 
     def geometry(self, image, pixel_size: Optional[float] = None):
