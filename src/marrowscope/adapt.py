@@ -90,24 +90,27 @@ def split_holdout(samples: list[Sample], fraction: float, seed: int) -> tuple[li
     return train, held
 
 
-def replay_cells(model_dir: Path, replay: Optional[str], per_class: int, seed: int) -> list[Sample]:
-    """Up to ``per_class`` training images per class of the source model (its manifest or ``replay``)."""
+def source_images(model_dir: Path, replay: Optional[str]) -> list[Sample]:
+    """The source model's training images (its manifest's, or those of the folder ``replay``); none, and a
+    line on stderr, where they cannot be read."""
     try:
         if replay:
-            samples = scan_folder(replay)[0]
-        elif (model_dir / "manifest.csv").is_file():
+            return scan_folder(replay)[0]
+        if (model_dir / "manifest.csv").is_file():
             from marrowscope.manifest import read_manifest
 
-            samples = [s for s in read_manifest(model_dir / "manifest.csv") if s.split == "train"]
-        else:
-            return []
+            return [s for s in read_manifest(model_dir / "manifest.csv") if s.split == "train"]
     except MarrowscopeError as exc:
         print(f"no replay of the model's own images ({exc})", file=sys.stderr)
-        return []
+    return []
+
+
+def per_class(samples: list[Sample], n: int, seed: int) -> list[Sample]:
+    """Up to ``n`` of ``samples`` per class, drawn with ``seed``."""
     rng, by_label = random.Random(seed), defaultdict(list)
     for s in samples:
         by_label[s.label].append(s)
-    return [s for label in sorted(by_label) for s in rng.sample(by_label[label], min(per_class, len(by_label[label])))]
+    return [s for label in sorted(by_label) for s in rng.sample(by_label[label], min(n, len(by_label[label])))]
 
 
 def _fine_tune(model_dir: Path, cells: list[Sample], classes: list[str], data_config: dict, *, epochs: int,
@@ -158,7 +161,8 @@ def adapt(data: str | Path, from_model: Optional[str | Path], out: str | Path, *
     with tempfile.TemporaryDirectory() as work:
         cells, skipped = read_cells(data, info.classes, Path(work), data_root)
         train, held = split_holdout(cells, holdout, seed)
-        replayed = replay_cells(source, replay, REPLAY_PER_CLASS, seed)
+        own = source_images(source, replay)
+        replayed = per_class(own, REPLAY_PER_CLASS, seed)
         net, more = _fine_tune(source, [*train, *replayed], info.classes, info.data_config, epochs=epochs, lr=lr,
                                batch_size=batch_size, workers=workers)
         if mix < 1:  # WiSE-FT (Wortsman et al. 2022)
@@ -176,7 +180,7 @@ def adapt(data: str | Path, from_model: Optional[str | Path], out: str | Path, *
         if extra.get("policy"):
             extra["policy"] = {k: {**v, "blast_weight": 1.0} for k, v in extra["policy"].items()}
         save_model_folder(net, out, info.classes, info.data_config, extra=extra, half=True)
-        _refit_checks(out, [*train, *replayed], [*cells, *replay_cells(source, replay, DOMAIN_PER_CLASS, seed)], seed)
+        _refit_checks(out, [*train, *replayed], [*cells, *per_class(own, DOMAIN_PER_CLASS, seed)], seed)
         summary["accuracy_before"], summary["accuracy_after"] = _accuracy(source, held), _accuracy(out, held)
     _write_card(source, out, summary)
     return summary
