@@ -14,6 +14,7 @@ import numpy as np
 
 from marrowscope.config import REVIEW_BELOW
 from marrowscope.csvfiles import write_csv
+from marrowscope.domain import flagged
 from marrowscope.errors import Unreadable
 from marrowscope.policy import DECISIONS, Policy
 from marrowscope.images import collect_images
@@ -77,21 +78,21 @@ class BatchResult:
                    "review": "", "error": result.reason}
         else:
             top = result.top_k(self.classes, self.top_k)
-            checked = result.domain_score is not None and self.unusual_above is not None
-            usual = not (checked and result.domain_score > self.unusual_above)
+            flag = flagged(result.domain_score, self.unusual_above)  # None: no domain check
+            usual = not flag
             # top[0], unless the blast weight calls a blast
-            label, p = self.policy.predicted(result.probs, self.classes, usual)
-            decision = str(self.policy.decide(result.probs, self.classes, np.array([usual]))[0])
-            pset = self.policy.prediction_set(result.probs, self.classes, usual)
-            row = {"file": name, "status": "ok", "predicted": label, "probability": round(p, 4),
+            calls = self.policy.apply(result.probs, self.classes, np.array([usual]))
+            decision, pset = str(calls.decision[0]), calls.sets[0]
+            row = {"file": name, "status": "ok", "predicted": self.classes[int(calls.pred[0])],
+                   "probability": round(float(calls.prob[0]), 4),
                    "decision": decision, "set": "" if pset is None else "|".join(pset),
                    "review": "yes" if decision != "accepted" else "", "error": "",
                    "scale": str(result.scale or ""), "focus_blur_px": blur_cell(result.blur_px)}
             for i, (label, p) in enumerate(top, 1):
                 row[f"top{i}"], row[f"p{i}"] = label, round(p, 4)
-            if checked:
+            if flag is not None:
                 row["domain_score"] = round(result.domain_score, 3)
-                row["unusual"] = "no" if usual else "yes"
+                row["unusual"] = "yes" if flag else "no"
         self.rows.append(row)
         return row
 

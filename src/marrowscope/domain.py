@@ -21,6 +21,12 @@ DOMAIN_FILE = "domain.safetensors"
 QUANTILE = 0.99
 
 
+def flagged(score: Optional[float], above: Optional[float]) -> Optional[bool]:
+    """Whether one image's domain score is above the threshold (the image looks unlike the training images);
+    None without a score or a threshold (the check is off). Every entry point decides it here."""
+    return None if score is None or above is None else bool(score > above)
+
+
 class DomainCheck:
     def __init__(self, mean: np.ndarray, precision: np.ndarray, threshold: float):
         self.mean, self.precision, self.threshold = mean.astype(np.float32), precision.astype(np.float32), threshold

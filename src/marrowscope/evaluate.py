@@ -16,6 +16,7 @@ from marrowscope.batch import blur_cell
 from marrowscope.config import TEST_FRACTION, VAL_FRACTION
 from marrowscope.csvfiles import write_csv
 from marrowscope.data import SPLIT_CHOICES, Sample, load_samples, sha256_of
+from marrowscope.domain import flagged
 from marrowscope.errors import MarrowscopeError, Unreadable
 from marrowscope.manifest import manifest_rows
 from marrowscope.policy import decision_metrics
@@ -151,19 +152,18 @@ def _report(predictor: Predictor, data, split: str, kept: list, unreadable: list
     y = np.array([index[s.label] for s, _ in kept])
     policy = predictor.policy
     usual = np.array([not predictor.is_unusual(r) for _, r in kept])  # the blast weight holds for these
-    pred = policy.classify(probs, predictor.classes, usual)
+    calls = policy.apply(probs, predictor.classes, usual)
+    pred, decisions = calls.pred, calls.decision
     m = compute_metrics(probs, y, predictor.classes, pred)
     # the review policy on these cells: accepted share and accuracy, blasts caught
-    decisions = policy.decide(probs, predictor.classes, usual)
-    in_set = policy.in_set(probs, predictor.classes, usual)
-    m["decisions"] = {**decision_metrics(decisions, pred, y, predictor.classes, in_set, usual),
+    m["decisions"] = {**decision_metrics(decisions, pred, y, predictor.classes, calls.in_set, usual),
                       "policy": policy.describe()}
     trained = _training_hashes(predictor.model_dir)
     m["overlap_with_training"] = sum(1 for s, _ in kept if (s.sha256 or sha256_of(s.path)) in trained)
     settings = f"{predictor.backend}, TTA {'on' if predictor.tta else 'off'}, temperature {predictor.temperature:g}"
     scores = [r.domain_score for _, r in kept if r.domain_score is not None]
     if scores and predictor.unusual_above is not None:
-        m["unusual_share"] = float(np.mean(np.array(scores) > predictor.unusual_above))
+        m["unusual_share"] = float(np.mean([flagged(s, predictor.unusual_above) for s in scores]))
         m["domain_threshold"] = predictor.unusual_above
     m.update({
         "data": Path(data).name, "split": split, "model": predictor.model_dir.name, "backend": predictor.backend,
@@ -172,14 +172,12 @@ def _report(predictor: Predictor, data, split: str, kept: list, unreadable: list
         "description": f"{len(kept)} images of the '{split}' split of {Path(data).name}, model "
                        f"{predictor.model_dir.name} ({predictor.info.architecture}; {settings}).",
     })
-    sets = ["|".join(policy.prediction_set(r.probs, predictor.classes, u) or []) for (_, r), u in zip(kept, usual)]
-    return m, pred, [str(d) for d in decisions], sets
+    return m, pred, [str(d) for d in decisions], ["|".join(s or []) for s in calls.sets]
 
 
 def _domain_cells(score: Optional[float], above: Optional[float]) -> tuple[str, str]:
-    if score is None or above is None:
-        return "", ""
-    return f"{score:.3f}", "yes" if score > above else "no"
+    flag = flagged(score, above)
+    return ("", "") if flag is None else (f"{score:.3f}", "yes" if flag else "no")
 
 
 def _write(m: dict, kept: list, pred: np.ndarray, decisions: list[str], sets: list[str], classes: Sequence[str],

@@ -47,7 +47,7 @@ flags no possible blasts (the rule of marrowscope 0.1).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -57,6 +57,18 @@ DECISIONS = ("accepted", "review", "possible-blast")
 BLAST = "BLA"
 # accept thresholds tried, fixed before seeing data: coarse, because Bonferroni divides delta among them
 GRID = np.array([*np.round(np.arange(0.30, 0.951, 0.05), 2), 0.97, 0.98, 0.99])
+
+
+class Calls(NamedTuple):
+    """What the policy says of N cells: [N] call (class index) and [N] its probability, [N] decisions (str),
+    [N, C] prediction sets as a mask (None without set thresholds) and as class names, most probable first
+    (None for an unusual image or without set thresholds)."""
+
+    pred: np.ndarray
+    prob: np.ndarray
+    decision: np.ndarray
+    in_set: Optional[np.ndarray]
+    sets: list
 
 
 @dataclass
@@ -87,38 +99,45 @@ class Policy:
         weighed[rows, list(classes).index(BLAST)] *= self.blast_weight
         return weighed.argmax(axis=1)
 
+    def apply(self, probs: np.ndarray, classes: Sequence[str], usual: Optional[np.ndarray] = None) -> Calls:
+        """Everything the policy says of [N, C] (or [C]) probabilities, each cell called once: its call and
+        that class's probability, its decision and its prediction set. ``usual``: [N] bool, the domain check
+        finds the image like the training images (default: all)."""
+        probs = np.atleast_2d(probs)
+        n = len(probs)
+        usual = np.ones(n, bool) if usual is None else np.asarray(usual, dtype=bool).reshape(-1)
+        pred = self.classify(probs, classes, usual)
+        prob = probs[np.arange(n), pred]
+        decision = np.where(prob >= self.accept_threshold, "accepted", "review").astype(object)
+        if self.blast_threshold is not None and BLAST in classes:
+            b = list(classes).index(BLAST)
+            decision[(pred != b) & (probs[:, b] >= self.blast_threshold)] = "possible-blast"
+        mask, sets = None, [None] * n
+        if self.set_thresholds is not None:
+            mask = probs >= np.asarray(self.set_thresholds)
+            # an easy class's bar is high (EOS: 0.9), so a cell could reach none: the call keeps the set whole
+            mask[np.arange(n), pred] = True
+            sets = [[classes[i] for i in np.argsort(-row, kind="stable") if keep[i]] if u else None
+                    for row, keep, u in zip(probs, mask, usual)]
+        return Calls(pred, prob, decision, mask, sets)
+
     def predicted(self, probs: np.ndarray, classes: Sequence[str], usual: bool = True) -> tuple[str, float]:
         """One cell's [C] probabilities -> (its predicted class, that class's probability)."""
-        i = int(self.classify(probs, classes, np.array([usual]))[0])
-        return classes[i], float(probs[i])
+        calls = self.apply(probs, classes, np.array([usual]))
+        return classes[int(calls.pred[0])], float(calls.prob[0])
 
     def in_set(self, probs: np.ndarray, classes: Sequence[str], usual: Optional[np.ndarray] = None
                ) -> Optional[np.ndarray]:
         """[N, C] bool: each cell's prediction set, the call always in it; None without set thresholds."""
-        if self.set_thresholds is None:
-            return None
-        probs = np.atleast_2d(probs)
-        mask = probs >= np.asarray(self.set_thresholds)
-        # an easy class's bar is high (EOS: 0.9), so a cell could reach none: the call keeps the set whole
-        mask[np.arange(len(probs)), self.classify(probs, classes, usual)] = True
-        return mask
+        return self.apply(probs, classes, usual).in_set
 
     def prediction_set(self, probs: np.ndarray, classes: Sequence[str], usual: bool = True) -> Optional[list[str]]:
         """One cell's set, most probable first; None without set thresholds or for an unusual image."""
-        if self.set_thresholds is None or not usual:
-            return None
-        keep = self.in_set(probs, classes, np.array([usual]))[0]
-        return [classes[i] for i in np.argsort(-probs, kind="stable") if keep[i]]
+        return self.apply(probs, classes, np.array([usual])).sets[0]
 
     def decide(self, probs: np.ndarray, classes: Sequence[str], usual: Optional[np.ndarray] = None) -> np.ndarray:
         """[N, C] (or [C]) probabilities -> the decision of each cell (array of str)."""
-        probs = np.atleast_2d(probs)
-        pred = self.classify(probs, classes, usual)
-        out = np.where(probs[np.arange(len(probs)), pred] >= self.accept_threshold, "accepted", "review").astype(object)
-        if self.blast_threshold is not None and BLAST in classes:
-            b = list(classes).index(BLAST)
-            out[(pred != b) & (probs[:, b] >= self.blast_threshold)] = "possible-blast"
-        return out
+        return self.apply(probs, classes, usual).decision
 
     def describe(self) -> str:
         if not self.fitted:
@@ -199,12 +218,12 @@ def fit_policy(probs: np.ndarray, y: np.ndarray, classes: Sequence[str], catch: 
     eligible = policy.decide(probs, classes) != "possible-blast"
     policy.accept_threshold = accept_threshold(pred == y, probs[np.arange(len(y)), pred], eligible, accuracy, delta)
     policy.set_thresholds, policy.set_coverage = set_thresholds(probs, y, coverage), coverage
+    calls = policy.apply(probs, classes)
     return {"accept_threshold": policy.accept_threshold, "blast_threshold": policy.blast_threshold,
             "blast_weight": policy.blast_weight, "set_thresholds": policy.set_thresholds,
             "targets": {"blast_recall": recall, "blast_catch": catch, "accepted_accuracy": accuracy, "delta": delta,
                         "set_coverage": coverage},
-            "on_calibration_cells": decision_metrics(policy.decide(probs, classes), pred, y, classes,
-                                                     policy.in_set(probs, classes))}
+            "on_calibration_cells": decision_metrics(calls.decision, pred, y, classes, calls.in_set)}
 
 
 def decision_metrics(decisions: np.ndarray, pred: np.ndarray, y: np.ndarray, classes: Sequence[str],

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from marrowscope.artifacts import load_model_folder, read_model_info, resolve_model_dir
-from marrowscope.domain import DomainCheck
+from marrowscope.domain import DomainCheck, flagged
 from marrowscope.errors import ImageDecodeError, MarrowscopeError, Unreadable
 from marrowscope.images import ImageSource, decode_image
 from marrowscope.model import WithFeatures
@@ -264,11 +264,11 @@ class Predictor:
         out: list[Optional[np.ndarray]] = [None] * len(sources)
         if not self.second_zoom or self.unusual_above is None or scores is None:
             return out
-        flagged = [i for i, (sc, s) in enumerate(zip(scales, scores)) if sc is not None and s > self.unusual_above]
+        todo = [i for i, (sc, s) in enumerate(zip(scales, scores)) if sc is not None and flagged(s, self.unusual_above)]
         # at the first reading's pixel size (no second estimate), which passed Preprocess.check_pixel_size
         loads = (pool.map if pool else map)(
-            lambda i: self.load(sources[i], None, scales[i].pixel_size_um, self.second_zoom), flagged)
-        loaded = [(i, x) for i, x in zip(flagged, loads) if not isinstance(x, Unreadable)]  # changed since: once
+            lambda i: self.load(sources[i], None, scales[i].pixel_size_um, self.second_zoom), todo)
+        loaded = [(i, x) for i, x in zip(todo, loads) if not isinstance(x, Unreadable)]  # changed since: once
         if loaded:
             logits = self.forward(torch.stack([x[0] for _, x in loaded]))[0]
             for k, (i, _) in enumerate(loaded):
@@ -277,8 +277,7 @@ class Predictor:
 
     def is_unusual(self, prediction: Prediction) -> bool:
         """Whether the domain check finds the image unlike the training images."""
-        return self.unusual_above is not None and prediction.domain_score is not None and \
-            prediction.domain_score > self.unusual_above
+        return bool(flagged(prediction.domain_score, self.unusual_above))
 
     def run(self, files: Sequence[Path], *, batch_size: int = 32, launch: Optional[dict] = None,
             work: Optional[Path] = None) -> Optional[Iterable[Result]]:

@@ -73,8 +73,9 @@ def cell_advice(policy, classes, probs, top: tuple[str, float], usual: bool = Tr
     """The cell's call, decision (the model folder's review policy) and prediction set in sentences; ``top``:
     the most probable class and its probability; ``usual``: the domain check finds the image like the
     training ones."""
-    text = _decision_text(policy, classes, probs, top, usual)
-    pset = policy.prediction_set(probs, classes, usual)
+    calls = policy.apply(probs, classes, np.array([usual]))
+    text = _decision_text(policy, classes, probs, top, calls)
+    pset = calls.sets[0]
     if pset:
         cover = f" (holds the type of {policy.set_coverage:.0%} of cells like those it was fitted on)" \
             if policy.set_coverage else ""
@@ -82,9 +83,8 @@ def cell_advice(policy, classes, probs, top: tuple[str, float], usual: bool = Tr
     return text
 
 
-def _decision_text(policy, classes, probs, top: tuple[str, float], usual: bool) -> str:
-    decision = str(policy.decide(probs, classes, np.array([usual]))[0])
-    label, p = policy.predicted(probs, classes, usual)
+def _decision_text(policy, classes, probs, top: tuple[str, float], calls) -> str:
+    decision, label, p = str(calls.decision[0]), classes[int(calls.pred[0])], float(calls.prob[0])
     if label != top[0]:  # only the blast weight makes the call differ from the most probable class
         return (f"**Called a blast: review by a person.** Blast {p:.0%} against {display_name(top[0])} {top[1]:.0%}: "
                 f"a missed blast costs most, so a cell is called a blast from 1/{policy.blast_weight:.2f} of the "
