@@ -83,9 +83,15 @@ def test_dataset_scan_reports_each_bad_file(tmp_path):
     assert {s.path.name for s in samples} == odd
 
 
-@pytest.fixture(scope="module")
-def predictor(tiny_model):
-    return Predictor(tiny_model, backend="torch")
+@pytest.fixture(scope="module", params=["tiny", "bundled"])
+def predictor(request, tiny_model):
+    """The tiny model, and the bundled one: its scale, focus, domain check and second reading of unusual
+    images (odd files are unusual) all meet the corpus."""
+    if request.param == "tiny":
+        return Predictor(tiny_model, backend="torch")
+    p = Predictor()  # the bundled model, as the CLI and the app load it
+    assert p.second_zoom and p.unusual_above is not None
+    return p
 
 
 def test_predict_and_app_batch_on_the_corpus(tmp_path, predictor):
@@ -98,6 +104,8 @@ def test_predict_and_app_batch_on_the_corpus(tmp_path, predictor):
         assert words in errors[name]
     assert "does not exist" in errors["does-not-exist.png"]
     assert sum(c["cells"] for c in result.counts) == len(odd)  # every odd-but-valid file was classified
+    if predictor.second_zoom:  # the bundled model finds the odd files unusual and reads them twice
+        assert len(result.unusual) == len(odd)
     empty = run_batch(predictor, [tmp_path / "empty-folder"])
     assert "holds no images" in empty.errors[0]["error"]
 
