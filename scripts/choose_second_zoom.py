@@ -18,7 +18,6 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-
 from sklearn.metrics import f1_score
 
 from marrowscope.artifacts import resolve_model_dir, write_settings
@@ -35,10 +34,10 @@ def readings(p: Predictor, files: list[Path], zoom: float) -> tuple[np.ndarray, 
     averaged; the indices of those images in ``files``)."""
     first = [(i, r) for i, r in enumerate(p.stream_logits(files)) if not isinstance(r, Unreadable)]
     again = [None] * len(first)
-    if zoom != 1.0:
+    if zoom != 1.0:  # scores of infinity: every image read again, as if the domain check flagged it
         p.second_zoom = zoom
         again = p.read_again([files[i] for i, _ in first], [r.scale for _, r in first], np.full(len(first), np.inf))
-        p.second_zoom = None  # as if every image were flagged, above
+        p.second_zoom = None
     probs = [p.finish(r._replace(again=a)).probs for (_, r), a in zip(first, again)]
     return np.stack(probs), [i for i, _ in first]
 
@@ -71,6 +70,8 @@ def main() -> None:
             files.append(f)
             y.append(p.classes.index(c))
             choice.append(i < CHOICE_PER_CLASS)
+    if not files:
+        ap.error(f"'{other}' holds no class folders of images of this model's classes.")
     y, choice = np.array(y), np.array(choice)
     try:
         own = [s for s in load_samples(model_dir / "manifest.csv", data_root=a.data_root)[0] if s.split == "test"]
