@@ -34,10 +34,8 @@ def readings(p: Predictor, files: list[Path], zoom: float) -> tuple[np.ndarray, 
     averaged; the indices of those images in ``files``)."""
     first = [(i, r) for i, r in enumerate(p.stream_logits(files)) if not isinstance(r, Unreadable)]
     again = [None] * len(first)
-    if zoom != 1.0:  # scores of infinity: every image read again, as if the domain check flagged it
-        p.second_zoom = zoom
-        again = p.read_again([files[i] for i, _ in first], [r.scale for _, r in first], np.full(len(first), np.inf))
-        p.second_zoom = None
+    if zoom != 1.0:  # every image read again, as if the domain check flagged it
+        again = p.read_again([files[i] for i, _ in first], [r.scale for _, r in first], None, zoom=zoom)
     probs = [p.finish(r._replace(again=a)).probs for (_, r), a in zip(first, again)]
     return np.stack(probs), [i for i, _ in first]
 
@@ -63,7 +61,7 @@ def main() -> None:
     p = Predictor(model_dir)
     if p.unusual_above is None or not p.info.scale:
         ap.error(f"{model_dir} has no domain check or no training scale: run scripts/fit_checks.py on it first.")
-    p.second_zoom = None
+    p.second_zoom = None  # the first reading alone, whatever the folder says; readings() adds the second
     files, y, choice = [], [], []
     for c in sorted(d.name for d in other.iterdir() if d.is_dir() and d.name in p.classes):
         for i, f in enumerate(sorted(f for f in (other / c).iterdir() if is_image_path(f))):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from marrowscope.artifacts import write_settings
 from marrowscope.classes import CLASSES
 from marrowscope.config import TrainConfig
 from marrowscope.data import Sample, assign_folds
@@ -55,6 +56,23 @@ def test_cv_then_distilled_final_model(tmp_path, tiny_run):
     assert summary["test_ensemble"]["images"] == sum(1 for r in csv.DictReader(open(manifest)) if r["split"] == "test")
     oof = np.load(tmp_path / "cv" / "oof.npz")
     assert oof["logits"].shape == (4, len(rows), len(CLASSES))
+    # scripts/fold_readings.py: each fold model on its own fold again, in oof.npz's order; a second view read smaller
+    import subprocess
+    import sys
+
+    like = shutil.copytree(tiny_run / "model", tmp_path / "like")
+    write_settings(like, scale={"pixel_size_um": 0.1, "field_px": 48, "how": "set by the test"})
+    for args, views in (([], 1), (["--like", str(like), "--zoom", "0.6"], 2)):
+        run = subprocess.run([sys.executable, "scripts/fold_readings.py", str(tmp_path / "cv" / "oof.npz"), "--folds",
+                              str(tmp_path / "cv"), "--out", str(tmp_path / "fr.npz"), "--data-root",
+                              str(tiny_run.parent / "cells"), *args], capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-2000:]
+        got = np.load(tmp_path / "fr.npz")
+        assert got["logits"].shape == (views, len(rows), len(CLASSES)) and (got["folds"] == oof["folds"]).all()
+        if views == 1:  # the same fold models, the same preprocessing: cv's own first view
+            assert np.allclose(got["logits"][0], oof["logits"][0], atol=1e-4)
+        else:
+            assert not np.allclose(got["logits"][1], got["logits"][0], atol=1e-3)
     # finished folds are reused, not trained again
     stamp = (tmp_path / "cv" / "fold0" / "model" / "model.safetensors").stat().st_mtime
     cross_validate(cfg, folds=2)

@@ -255,19 +255,21 @@ class Predictor:
                                None, loaded[2], self.read_again([src], [loaded[1]], scores)[0]))
 
     def read_again(self, sources: Sequence[ImageSource], scales: Sequence[Optional[Scale]],
-                   scores: Optional[np.ndarray], pool: Optional[ThreadPoolExecutor] = None) -> list:
+                   scores: Optional[np.ndarray], pool: Optional[ThreadPoolExecutor] = None,
+                   zoom: Optional[float] = None) -> list:
         """[V, C] logits of a second reading, the cell drawn ``second_zoom`` times its size, of each image the
         domain check flags; None for the rest, and for all where the folder chose no zoom. ``pool``: threads
-        to decode them in. Why: the bundled network took another lab's blood lymphocytes and monocytes for
-        blasts at the red-cell scale but mostly not when shown smaller, while its own lab's test images, all
-        read both ways, lost no blast (README, "Other labs"). Images like the training images: one reading."""
+        to decode them in; ``zoom``: every image read again at that zoom, flagged or not (to measure one).
+        Why: the bundled network took another lab's blood lymphocytes and monocytes for blasts at the red-cell
+        scale but mostly not when shown smaller, while its own lab's test images, all read both ways, lost no
+        blast (README, "Other labs"). Images like the training images keep their one reading."""
         out: list[Optional[np.ndarray]] = [None] * len(sources)
-        if not self.second_zoom or self.unusual_above is None or scores is None:
+        if not zoom and (not self.second_zoom or self.unusual_above is None or scores is None):
             return out
-        todo = [i for i, (sc, s) in enumerate(zip(scales, scores)) if sc is not None and flagged(s, self.unusual_above)]
+        todo = [i for i, sc in enumerate(scales) if sc is not None and (zoom or flagged(scores[i], self.unusual_above))]
+        zoom = zoom or self.second_zoom
         # at the first reading's pixel size (no second estimate), which passed Preprocess.check_pixel_size
-        loads = (pool.map if pool else map)(
-            lambda i: self.load(sources[i], None, scales[i].pixel_size_um, self.second_zoom), todo)
+        loads = (pool.map if pool else map)(lambda i: self.load(sources[i], None, scales[i].pixel_size_um, zoom), todo)
         loaded = [(i, x) for i, x in zip(todo, loads) if not isinstance(x, Unreadable)]  # changed since: once
         if loaded:
             logits = self.forward(torch.stack([x[0] for _, x in loaded]))[0]
