@@ -261,8 +261,8 @@ class Predictor:
         domain check flags; None for the rest, and for all where the folder chose no zoom. ``pool``: threads
         to decode them in; ``zoom``: every image read again at that zoom, flagged or not (to measure one).
         Why: the bundled network took another lab's blood lymphocytes and monocytes for blasts at the red-cell
-        scale but mostly not when shown smaller, while its own lab's test images, all read both ways, lost no
-        blast (README, "Other labs"). Images like the training images keep their one reading."""
+        scale but mostly not when shown smaller, while its own lab's test images, all read both ways, kept
+        their blast recall (README, "Other labs"). Images like the training images keep their one reading."""
         out: list[Optional[np.ndarray]] = [None] * len(sources)
         if not zoom and (not self.second_zoom or self.unusual_above is None or scores is None):
             return out
