@@ -29,9 +29,8 @@ def held_out(views: np.ndarray, y: np.ndarray, folds: np.ndarray, classes: list,
         fit, test = folds != k, folds == k
         s = fit_settings(views[:, fit], y[fit], classes)[key]
         p = probs_from_logits(views[:1, test] if key == "no_tta" else views[:, test], s["temperature"])
-        policy = Policy.from_settings(s["policy"])
-        decisions[test], pred[test], in_set[test] = policy.decide(p, classes), policy.classify(p, classes), \
-            policy.in_set(p, classes)
+        calls = Policy.from_settings(s["policy"]).apply(p, classes)
+        decisions[test], pred[test], in_set[test] = calls.decision, calls.pred, calls.in_set
         thresholds.append({"fold": int(k), "blast": s["policy"]["blast_threshold"],
                            "accept": s["policy"]["accept_threshold"], "blast_weight": s["policy"]["blast_weight"]})
     from sklearn.metrics import f1_score

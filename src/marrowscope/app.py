@@ -56,14 +56,13 @@ def classify(predictor: Predictor, explainer, image_path: Optional[str], review_
         pred = predictor.predict_one(image_path, pixel_size or None)
         top = pred.top_k(predictor.classes, 3)
         policy, usual = batch_policy(predictor, review_below), not predictor.is_unusual(pred)
-        call = policy.predicted(pred.probs, predictor.classes, usual)  # top[0], unless the blast weight calls BLA
+        calls = policy.apply(pred.probs, predictor.classes, [usual])  # the call: top[0], or a blast
         # the overlay reuses the pixel size the prediction used, rather than estimating it again
         used = pixel_size or (pred.scale.pixel_size_um if pred.scale else None)
-        overlay = explainer.overlay(image_path, predictor.classes.index(call[0]), pixel_size=used) \
-            if explainer else None
+        overlay = explainer.overlay(image_path, int(calls.pred[0]), pixel_size=used) if explainer else None
     except MarrowscopeError as exc:
         raise gr.Error(_tidy(str(exc), image_path, Path(image_path).name)) from None
-    advice = cell_advice(policy, predictor.classes, pred.probs, top[0], usual)
+    advice = cell_advice(policy, predictor.classes, pred.probs, top[0], usual, calls)
     if not usual:
         advice = "**Warning:** this image looks unlike the images the model learnt from: results may be wrong.\n\n" \
                  + advice + (f"\n\nRead twice, as it is and with the cell at {predictor.second_zoom:g} of its size, "

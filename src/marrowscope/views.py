@@ -69,11 +69,11 @@ def scratch_dir(prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"marrowscope-{prefix}-"))
 
 
-def cell_advice(policy, classes, probs, top: tuple[str, float], usual: bool = True) -> str:
+def cell_advice(policy, classes, probs, top: tuple[str, float], usual: bool = True, calls=None) -> str:
     """The cell's call, decision (the model folder's review policy) and prediction set in sentences; ``top``:
     the most probable class and its probability; ``usual``: the domain check finds the image like the
-    training ones."""
-    calls = policy.apply(probs, classes, np.array([usual]))
+    training ones; ``calls``: :meth:`Policy.apply` of this cell when the caller has it already."""
+    calls = calls if calls is not None else policy.apply(probs, classes, np.array([usual]))
     text = _decision_text(policy, classes, probs, top, calls)
     pset = calls.sets[0]
     if pset:
