@@ -28,6 +28,19 @@ def test_eval_geometry_is_resize_then_centre_crop():
     assert np.array_equal(np.asarray(out), np.asarray(im)[:, 16:48])
 
 
+def test_eval_split_gives_the_eval_transforms_numbers_exactly():
+    from marrowscope.transforms import NormalisedTensor
+
+    cfg = {**CFG, "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}  # not 0.5: order matters
+    geometry, rest = eval_split(cfg)
+    assert isinstance(rest, NormalisedTensor)  # the numpy path is the one taken
+    for seed in range(5):
+        im = _image(50 + seed, 40, seed)
+        x = rest(geometry(im))
+        assert x.dtype == torch.float32 and x.is_contiguous()
+        assert torch.equal(x, eval_transform(cfg)(im))  # bit for bit, not close
+
+
 def test_train_transform_augments_but_keeps_shape():
     t = train_transform(CFG)
     torch.manual_seed(0)
