@@ -69,7 +69,8 @@ def main() -> None:
             accepted[held], right[held] = calls.decision == "accepted", calls.pred == y[held]
             share = right[held][accepted[held]].mean() if accepted[held].any() else float("nan")
             per_fold.append(f"{policy.accept_threshold:.3f}: {accepted[held].mean():.3f} at {share:.3f}")
-        print(f"{rule}: accepted {accepted.mean():.3f} of {len(y)} at {right[accepted].mean():.4f} correct; "
+        overall = right[accepted].mean() if accepted.any() else float("nan")
+        print(f"{rule}: accepted {accepted.mean():.3f} of {len(y)} at {overall:.4f} correct; "
               f"per fold (threshold: accepted at correct) " + "; ".join(per_fold))
 
 

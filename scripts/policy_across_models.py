@@ -54,7 +54,7 @@ def main() -> None:
           f"blast catch {r['blast_catch']:.3f} "
           f"({r['blasts_missed_unflagged']} of {r['blasts']} missed, {r['blasts_accepted_as_other']} accepted as "
           f"another type); accepted {r['accepted_share']:.3f} "
-          f"at {r['accepted_accuracy']:.3f}; prediction sets: coverage {r['set_coverage']:.3f}, mean size "
+          f"at {'-' if r['accepted_accuracy'] is None else format(r['accepted_accuracy'], '.3f')}; prediction sets: coverage {r['set_coverage']:.3f}, mean size "
           f"{r['set_mean_size']:.2f}; blast thresholds "
           + ", ".join(f"{t['blast']:.3f}" for t in r["thresholds"]))
     if a.out:
