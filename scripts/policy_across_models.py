@@ -50,11 +50,12 @@ def main() -> None:
     key = "tta" if a.tta else "no_tta"
     r = {"oof": a.oof, "setting": key, **held_out(views, y, folds, classes, key)}
     weights = ", ".join(f"{t['blast_weight']:.2f}" for t in r["thresholds"])
+    correct = "-" if r["accepted_accuracy"] is None else f"{r['accepted_accuracy']:.3f}"  # nothing accepted
     print(f"{key}: macro-F1 {r['macro_f1']:.3f}, blast recall {r['blast_recall']:.3f} (weights {weights}); "
           f"blast catch {r['blast_catch']:.3f} "
           f"({r['blasts_missed_unflagged']} of {r['blasts']} missed, {r['blasts_accepted_as_other']} accepted as "
           f"another type); accepted {r['accepted_share']:.3f} "
-          f"at {'-' if r['accepted_accuracy'] is None else format(r['accepted_accuracy'], '.3f')}; prediction sets: coverage {r['set_coverage']:.3f}, mean size "
+          f"at {correct}; prediction sets: coverage {r['set_coverage']:.3f}, mean size "
           f"{r['set_mean_size']:.2f}; blast thresholds "
           + ", ".join(f"{t['blast']:.3f}" for t in r["thresholds"]))
     if a.out:
