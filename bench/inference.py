@@ -3,8 +3,9 @@
     python bench/inference.py [--model models/default] [--data ../shared/data/bone-marrow-7] [--out bench/results.json]
 
 Single image: file -> top-3 (decode, preprocess, model, softmax), median and p95 over --runs runs
-after warm-up, per backend. Folder: files -> CSV rows through Predictor.predict_many (threaded
-decoding overlapping inference), images/s. Run it on an idle machine.
+after warm-up, per backend, and apart: the medians of decode + preprocessing and of the forward pass
+(with the domain check). Folder: files -> CSV rows through `predict`'s pipeline (batch.run_batch:
+threaded decoding overlapping inference), images/s. Run it on an idle machine.
 """
 
 from __future__ import annotations
@@ -31,6 +32,20 @@ def latency(pred, files, runs):
         pred.predict(files[k % len(files)])
         times.append((time.perf_counter() - t) * 1000)
     return statistics.median(times), float(np.percentile(times, 95))
+
+
+def stages(pred, files, runs):
+    """Median ms of one image's decode and preprocessing (``load``) and of its forward pass with the domain
+    check (``forward``), timed apart: where the single-image time goes."""
+    load, forward = [], []
+    for k in range(runs):
+        t = time.perf_counter()
+        x = pred.load(files[k % len(files)])
+        t1 = time.perf_counter()
+        pred.forward(x[0][None])
+        load.append((t1 - t) * 1000)
+        forward.append((time.perf_counter() - t1) * 1000)
+    return statistics.median(load), statistics.median(forward)
 
 
 def folder_throughput(pred, files):
@@ -74,8 +89,10 @@ def main():
             continue
         pred = Predictor(model_dir, backend=backend, tta=tta)
         med, p95 = latency(pred, files, a.runs)
+        load, forward = stages(pred, files, a.runs)
         ips = folder_throughput(pred, files)
         row = {"backend": backend, "tta": tta, "single_median_ms": round(med, 1), "single_p95_ms": round(p95, 1),
+               "load_median_ms": round(load, 1), "forward_median_ms": round(forward, 1),
                "folder_images_per_s": round(ips, 1), "folder_images": len(files)}
         out["rows"].append(row)
         print(json.dumps(row), flush=True)
