@@ -55,11 +55,14 @@ def main() -> None:
     a = ap.parse_args()
     z = np.load(a.oof)
     views, y, folds, classes = z["logits"][:1], z["y"], z["folds"], [str(c) for c in z["classes"]]
+    # each fold's temperature and policy are fitted once, on the other folds; the rules differ only in the
+    # accept threshold
+    fitted = {k: fit_settings(views[:, folds != k], y[folds != k], classes, accuracy=a.accuracy, delta=a.delta)
+              ["no_tta"] for k in np.unique(folds)}
     for rule in ("bonferroni", "fixed-sequence"):
         accepted, right, per_fold = np.zeros(len(y), bool), np.zeros(len(y), bool), []
-        for k in np.unique(folds):
+        for k, s in fitted.items():
             fit, held = folds != k, folds == k
-            s = fit_settings(views[:, fit], y[fit], classes, accuracy=a.accuracy, delta=a.delta)["no_tta"]
             policy = Policy.from_settings(s["policy"])
             if rule == "fixed-sequence":
                 calls = policy.apply(probs_from_logits(views[:, fit], s["temperature"]), classes)
