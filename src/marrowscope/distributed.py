@@ -20,7 +20,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
 from marrowscope.errors import MarrowscopeError, Unreadable
-from marrowscope.predict import Prediction, Predictor, Raw, Result
+from marrowscope.predict import Prediction, Predictor, Result
 from marrowscope.scale import Scale
 
 
@@ -65,7 +65,7 @@ class _Ranked(L.LightningModule):
             again = p.read_again([self.files[int(idx[k])] for k in readable],
                                  [pixel_sizes[k] and Scale(pixel_sizes[k], scales[k]) for k in readable], scores)
             for j, k in enumerate(readable):  # the same finish as one process: views and readings averaged
-                probs[k] = p.finish(Raw("", logits[:, j], None, None, None, None, again[j])).probs
+                probs[k] = p.probs(logits[:, j], again[j])
             if scores is not None:
                 domain[readable] = scores
         return idx.tolist(), probs, errors, scales, domain, blurs

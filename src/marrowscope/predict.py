@@ -226,11 +226,14 @@ class Predictor:
             yield r if isinstance(r, Unreadable) else self.finish(r)
 
     def finish(self, r: Raw) -> Prediction:
-        """The :class:`Prediction` of a :class:`Raw` result: softmax at the folder's temperature, averaged over
-        the views of each reading, each reading weighing the same."""
-        views = r.logits if r.again is None else np.concatenate([r.logits, r.again])
-        return Prediction(r.source, probs_from_logits(views[:, None], self.temperature)[0], r.scale, r.domain_score,
-                          r.blur_px)
+        """The :class:`Prediction` of a :class:`Raw` result."""
+        return Prediction(r.source, self.probs(r.logits, r.again), r.scale, r.domain_score, r.blur_px)
+
+    def probs(self, logits: np.ndarray, again: Optional[np.ndarray] = None) -> np.ndarray:
+        """[C] probabilities of one image's [V, C] logits and its second reading's (or None): softmax at the
+        folder's temperature, averaged over the views of each reading, each reading weighing the same."""
+        views = logits if again is None else np.concatenate([logits, again])
+        return probs_from_logits(views[:, None], self.temperature)[0]
 
     def predict(self, src: ImageSource, pixel_size: Optional[float] = None) -> dict[str, float]:
         """One image -> {class: probability} over all classes, most probable first.
