@@ -106,21 +106,21 @@ def test_prediction_sets_keep_their_coverage_on_new_cells():
     assert fitted["on_calibration_cells"]["set_coverage"] >= 0.9
     new_probs, new_y = _doubtful_blasts(20000, 1)
     m = decision_metrics(policy.decide(new_probs, CLASSES), policy.classify(new_probs, CLASSES), new_y, CLASSES,
-                         policy.in_set(new_probs, CLASSES))
+                         policy.apply(new_probs, CLASSES).in_set)
     # 90% target, one draw's noise; the sets stay well short of all seven classes
     assert 0.88 <= m["set_coverage"] <= 0.93 and 1 < m["set_mean_size"] < len(CLASSES) - 2
     accuracy = (new_probs.argmax(1) == new_y).mean()
     assert m["set_coverage"] > accuracy + 0.05  # a set is worth more than the top class alone
-    in_set = policy.in_set(new_probs, CLASSES)
+    in_set = policy.apply(new_probs, CLASSES).in_set
     for c in range(len(CLASSES)):  # class by class, not only on average: blasts too
         assert in_set[new_y == c, c].mean() >= 0.87, CLASSES[c]
     wider = Policy.from_settings(fit_policy(probs, y, CLASSES, coverage=0.97))
     assert all(w <= t for w, t in zip(wider.set_thresholds, policy.set_thresholds))
     p = np.array([0.05, 0.0, 0.5, 0.0, 0.0, 0.0, 0.45])
     per_class = [0.04, 0.3, 0.3, 0.3, 0.3, 0.3, 0.5]
-    assert Policy(0.9, set_thresholds=per_class).prediction_set(p, CLASSES) == ["LYT", "BLA"]  # most probable first
-    assert Policy(0.9, set_thresholds=per_class).prediction_set(p, CLASSES, usual=False) is None
-    assert Policy(0.9).prediction_set(p, CLASSES) is None  # a folder calibrated before sets
+    assert Policy(0.9, set_thresholds=per_class).apply(p, CLASSES).sets[0] == ["LYT", "BLA"]  # most probable first
+    assert Policy(0.9, set_thresholds=per_class).apply(p, CLASSES, [False]).sets[0] is None
+    assert Policy(0.9).apply(p, CLASSES).sets[0] is None  # a folder calibrated before sets
     from marrowscope.views import cell_advice
 
     text = cell_advice(Policy(0.9, set_thresholds=[0.3] * 7, set_coverage=0.95), CLASSES, p, ("LYT", 0.5))
@@ -140,7 +140,7 @@ def test_prediction_sets_cover_a_hard_class_as_well_as_the_easy_ones():
     probs, y = cells(4000, 0)
     policy = Policy.from_settings(fit_policy(probs, y, CLASSES, coverage=0.9))
     new_probs, new_y = cells(20000, 1)
-    in_set = policy.in_set(new_probs, CLASSES)
+    in_set = policy.apply(new_probs, CLASSES).in_set
     assert in_set[new_y == B, B].mean() >= 0.88
     one = np.quantile(probs[np.arange(len(y)), y], 0.1)  # the single threshold of the same coverage
     assert (new_probs[new_y == B, B] >= one).mean() < 0.8

@@ -126,15 +126,6 @@ class Policy:
         calls = self.apply(probs, classes, np.array([usual]))
         return classes[int(calls.pred[0])], float(calls.prob[0])
 
-    def in_set(self, probs: np.ndarray, classes: Sequence[str], usual: Optional[np.ndarray] = None
-               ) -> Optional[np.ndarray]:
-        """[N, C] bool: each cell's prediction set, the call always in it; None without set thresholds."""
-        return self.apply(probs, classes, usual).in_set
-
-    def prediction_set(self, probs: np.ndarray, classes: Sequence[str], usual: bool = True) -> Optional[list[str]]:
-        """One cell's set, most probable first; None without set thresholds or for an unusual image."""
-        return self.apply(probs, classes, np.array([usual])).sets[0]
-
     def decide(self, probs: np.ndarray, classes: Sequence[str], usual: Optional[np.ndarray] = None) -> np.ndarray:
         """[N, C] (or [C]) probabilities -> the decision of each cell (array of str)."""
         return self.apply(probs, classes, usual).decision
@@ -230,7 +221,7 @@ def decision_metrics(decisions: np.ndarray, pred: np.ndarray, y: np.ndarray, cla
                      in_set: Optional[np.ndarray] = None, usual: Optional[np.ndarray] = None) -> dict:
     """Blast recall, accepted share and accuracy, blast catch rate (predicted BLA or flagged), share of each
     decision, and the prediction sets' coverage and mean size over the ``usual`` cells (default: all);
-    ``pred``: the predicted class indices, ``in_set``: :meth:`Policy.in_set`."""
+    ``pred``: the predicted class indices, ``in_set``: :meth:`Policy.apply`'s ``in_set``."""
     correct = pred == y
     acc = decisions == "accepted"
     out = {"cells": int(len(y)), "accepted_share": round(float(acc.mean()), 4),
