@@ -1,7 +1,7 @@
 """Lab adaptation on other-lab-pbc, as its README says: adapt on the first K images of each class (by
 sorted file name), measure on the remaining 80 of each; and bone-marrow-7 test macro-F1 before/after.
 
-    python bench/adapt.py [--model models/default] [--cells 5 10 20] [--seeds 0] [--out bench/adapt.json]
+    python bench/adapt.py [--model models/default] [--cells 5 10 20] [--seeds 0] [--out docs/results/adapt.json]
 
 Prints wall time of `adapt` (2 CPU cores here) and both accuracies for each K and seed (the seed of
 the fine-tune: shuffling, augmentation, replayed images; the cells are always the same).
@@ -14,11 +14,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from marrowscope.adapt import MIX, adapt
-from marrowscope.artifacts import resolve_model_dir
-from marrowscope.data import default_data_dir
-from marrowscope.evaluate import evaluate
-from marrowscope.predict import Predictor
+from marrowscope.core.artifacts import resolve_model_dir
+from marrowscope.core.data import default_data_dir
+from marrowscope.core.predict import Predictor
+from marrowscope.fit.adapt import MIX, adapt
+from marrowscope.report.evaluate import evaluate
 
 
 def main() -> None:
@@ -28,7 +28,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--mix", type=float, default=MIX)
-    ap.add_argument("--out", default="bench/adapt.json")
+    ap.add_argument("--out", default="docs/results/adapt.json")
     a = ap.parse_args()
     source = resolve_model_dir(a.model)
     other = default_data_dir().parent / "other-lab-pbc"

@@ -16,7 +16,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from marrowscope import datasets as data
+from marrowscope.fit import datasets as data
 
 data.CACHE_BUDGET_BYTES = 0  # decoded per item in each rank's loader, as a large set is
 _read_item = data.CellDataset.__getitem__
@@ -38,9 +38,9 @@ data.CellDataset.__getitem__ = _logged
 def main() -> None:
     from PIL import Image
 
-    from marrowscope.classes import CLASSES
-    from marrowscope.config import TrainConfig
-    from marrowscope.train import fit
+    from marrowscope.core.classes import CLASSES
+    from marrowscope.core.config import TrainConfig
+    from marrowscope.fit.train import fit
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", default=None)
@@ -62,7 +62,7 @@ def main() -> None:
     if child:
         return
     shares = {r: (work / "log" / f"rank{r}.txt").read_text().split() for r in ("0", "1")}
-    from marrowscope.data import load_samples
+    from marrowscope.core.data import load_samples
 
     train = {s.rel for s in load_samples(work / "run" / "manifest.csv")[0] if s.split == "train"}
     result = {"rank0": len(shares["0"]), "rank1": len(shares["1"]),

@@ -1,6 +1,6 @@
 """Inference benchmark. Prints a table and writes JSON (training throughput: bench/train_scale.py).
 
-    python bench/inference.py [--model models/default] [--data ../shared/data/bone-marrow-7] [--out bench/results.json]
+    python bench/inference.py [--model models/default] [--data ../shared/data/bone-marrow-7] [--out docs/results/results.json]
 
 Single image: file -> top-3 (decode, preprocess, model, softmax), median and p95 over --runs runs
 after warm-up, per backend, and apart: the medians of decode + preprocessing and of the forward pass
@@ -49,7 +49,7 @@ def stages(pred, files, runs):
 
 
 def folder_throughput(pred, files):
-    from marrowscope.batch import run_batch
+    from marrowscope.core.batch import run_batch
 
     with tempfile.TemporaryDirectory() as d:
         t = time.perf_counter()
@@ -60,16 +60,16 @@ def folder_throughput(pred, files):
 
 
 def main():
-    from marrowscope.artifacts import resolve_model_dir
-    from marrowscope.data import default_data_dir
-    from marrowscope.predict import Predictor
+    from marrowscope.core.artifacts import resolve_model_dir
+    from marrowscope.core.data import default_data_dir
+    from marrowscope.core.predict import Predictor
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=None)
     ap.add_argument("--data", default=None)
     ap.add_argument("--runs", type=int, default=60)
     ap.add_argument("--folder-images", type=int, default=350)
-    ap.add_argument("--out", default="bench/results.json")
+    ap.add_argument("--out", default="docs/results/results.json")
     ap.add_argument("--backends", default="torch,onnx,onnx-int8", help="comma-separated subset to measure")
     a = ap.parse_args()
     data = Path(a.data) if a.data else default_data_dir()
@@ -81,7 +81,7 @@ def main():
     out = {"date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
            "cores": os.cpu_count(), "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
            "timm": timm.__version__, "model": model_dir.name, "threads": torch.get_num_threads(), "rows": []}
-    from marrowscope.predict import ONNX_FILES
+    from marrowscope.core.predict import ONNX_FILES
 
     configs = [(b, tta) for tta in (False, True) for b in a.backends.split(",")]
     for backend, tta in configs:

@@ -1,7 +1,7 @@
 """Load test of the app: N concurrent gradio_client clients, M predictions each, against an app
 launched here on 127.0.0.1 with the bundled model (or --model). Prints and writes JSON.
 
-    python bench/load_test.py [--clients 16] [--requests 25] [--out bench/load_results.json]
+    python bench/load_test.py [--clients 16] [--requests 25] [--out docs/results/load_results.json]
 """
 
 from __future__ import annotations
@@ -24,16 +24,16 @@ def main() -> int:
     from gradio_client import Client, handle_file
     from PIL import Image
 
-    from marrowscope.app import MAX_UPLOAD, build_demo
-    from marrowscope.data import default_data_dir
-    from marrowscope.explain import Explainer
-    from marrowscope.predict import Predictor
+    from marrowscope.apps.app import MAX_UPLOAD, build_demo
+    from marrowscope.core.data import default_data_dir
+    from marrowscope.core.predict import Predictor
+    from marrowscope.report.explain import Explainer
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=None)
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--requests", type=int, default=25)
-    ap.add_argument("--out", default="bench/load_results.json")
+    ap.add_argument("--out", default="docs/results/load_results.json")
     a = ap.parse_args()
 
     predictor = Predictor(a.model)

@@ -1,7 +1,7 @@
 """The "Other labs" table: a model on another lab's images and on its own lab's untouched test split,
 and how well its domain check tells the two apart.
 
-    python bench/other_labs.py --model models/default [--before OLD_MODEL_DIR] [--out bench/other_labs.json]
+    python bench/other_labs.py --model models/default [--before OLD_MODEL_DIR] [--out docs/results/other_labs.json]
 
 Each model runs with its default settings (backend, TTA, temperature, scale). Images:
 other-lab-pbc, all 500 (never trained on); bone-marrow-7, the 525 test images of the model's manifest.
@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from marrowscope.artifacts import resolve_model_dir
-from marrowscope.data import default_data_dir
-from marrowscope.evaluate import evaluate
-from marrowscope.predict import Predictor
+from marrowscope.core.artifacts import resolve_model_dir
+from marrowscope.core.data import default_data_dir
+from marrowscope.core.predict import Predictor
+from marrowscope.report.evaluate import evaluate
 
 
 def _scores(out: Path) -> list[float]:
@@ -50,7 +50,7 @@ def main() -> None:
     ap.add_argument("--model", default=None)
     ap.add_argument("--before", default=None, help="an earlier model folder to compare with")
     ap.add_argument("--other", default=None, help="default: ../shared/data/other-lab-pbc")
-    ap.add_argument("--out", default="bench/other_labs.json")
+    ap.add_argument("--out", default="docs/results/other_labs.json")
     a = ap.parse_args()
     other = Path(a.other) if a.other else default_data_dir().parent / "other-lab-pbc"
     rows = []

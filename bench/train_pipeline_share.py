@@ -27,15 +27,15 @@ from train_scale import bare_step, last_epoch, steady_state, subset  # noqa: E40
 
 
 def main() -> None:
-    from marrowscope.config import TrainConfig
-    from marrowscope.train import fit
+    from marrowscope.core.config import TrainConfig
+    from marrowscope.fit.train import fit
 
     ap = argparse.ArgumentParser()
-    ap.add_argument("--tree", required=True, help="a synthetic tree of scripts/make_synthetic.py")
+    ap.add_argument("--tree", required=True, help="a synthetic tree of bench/make_synthetic.py")
     ap.add_argument("--images", type=int, default=17_000)
     ap.add_argument("--steps", type=int, default=15, help="the short run's steps (the long run: 3x)")
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--out", default="bench/train_pipeline_share.json")
+    ap.add_argument("--out", default="docs/results/train_pipeline_share.json")
     a = ap.parse_args()
     bare, runs = [bare_step(a.batch_size, 2 * a.steps)["images_per_s"]], {}
     with tempfile.TemporaryDirectory() as d:

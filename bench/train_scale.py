@@ -1,7 +1,7 @@
 """Training at scale on the CPU: peak memory and images/s of `marrowscope train --max-steps` on
 manifests of growing size, against the bare training step (the network alone on tensors in memory).
 
-    python scripts/make_synthetic.py --out runs/bm170k --images 170000    # never commit it
+    python bench/make_synthetic.py --out runs/bm170k --images 170000    # never commit it
     python bench/train_scale.py --tree runs/bm170k --sizes 17000 30000 170000 [--steps 15] [--batch-size 16]
 
 Each size is the first N rows of the tree's manifest, with 10 validation images per class (the rest
@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-MODEL = ["--model", "tf_efficientnet_lite0", "--img-size", "224"]
+MODEL = ["--arch", "tf_efficientnet_lite0", "--img-size", "224"]
 
 
 def tree_memory(pid: int) -> tuple[int, int]:
@@ -122,8 +122,8 @@ def steady_state(short: dict, long: dict, images: int) -> dict:
 def bare_step(batch: int, steps: int) -> dict:
     import torch
 
-    from marrowscope.model import create_network
-    from marrowscope.module import CellClassifier
+    from marrowscope.core.model import create_network
+    from marrowscope.fit.module import CellClassifier
 
     module = CellClassifier(create_network("tf_efficientnet_lite0", 7), 7)
     opt = torch.optim.AdamW(module.parameters(), lr=1e-4)
@@ -172,16 +172,16 @@ def measure_bare(batch: int, steps: int) -> dict:
 
 
 def main() -> None:
-    from marrowscope.data import default_data_dir
+    from marrowscope.core.data import default_data_dir
 
     ap = argparse.ArgumentParser()
-    ap.add_argument("--tree", required=True, help="a synthetic tree of scripts/make_synthetic.py")
+    ap.add_argument("--tree", required=True, help="a synthetic tree of bench/make_synthetic.py")
     ap.add_argument("--sizes", type=int, nargs="+", default=[17_000, 30_000, 170_000])
     ap.add_argument("--steps", type=int, default=15, help="the short run's steps (the long run: 3x)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--compare-workers", type=int, nargs="*", default=[2],
                     help="also measure the first synthetic size with this many loader workers")
-    ap.add_argument("--out", default="bench/train_scale.json")
+    ap.add_argument("--out", default="docs/results/train_scale.json")
     ap.add_argument("--bare-only", action="store_true", help=argparse.SUPPRESS)  # the bare step's own process
     a = ap.parse_args()
     if a.bare_only:

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from marrowscope.classes import CLASSES
+from marrowscope.core.classes import CLASSES
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
-from marrowscope.data import DEFAULT_DATA_CANDIDATES  # noqa: E402
+from marrowscope.core.samples import DEFAULT_DATA_CANDIDATES  # noqa: E402
 
 REAL_DATA = DEFAULT_DATA_CANDIDATES[0]  # ../shared/data/bone-marrow-7 beside the checkout
 COLOURS = [(200, 40, 40), (40, 160, 40), (40, 40, 200), (200, 160, 40), (160, 40, 200), (40, 160, 160), (90, 90, 90)]
@@ -48,8 +48,8 @@ def dataset(tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
     """A run folder of timm's test_efficientnet trained 3 epochs at 32 px on synthetic cells."""
-    from marrowscope.config import TrainConfig
-    from marrowscope.train import fit
+    from marrowscope.core.config import TrainConfig
+    from marrowscope.fit.train import fit
 
     base = tmp_path_factory.mktemp("tiny")
     data = make_dataset(base / "cells", per_class=16)

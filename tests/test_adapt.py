@@ -8,10 +8,10 @@ import zipfile
 
 import pytest
 
-from marrowscope.adapt import adapt
-from marrowscope.artifacts import read_model_info, write_settings
-from marrowscope.cli import main
-from marrowscope.errors import MarrowscopeError
+from marrowscope.apps.cli import main
+from marrowscope.core.artifacts import read_model_info, write_settings
+from marrowscope.core.errors import MarrowscopeError
+from marrowscope.fit.adapt import adapt
 from tests.conftest import make_dataset, synthetic_cell
 
 
@@ -76,7 +76,7 @@ def test_bad_input_is_a_sentence_and_nothing_is_written(tiny_model, tmp_path, ca
         data = make_dataset(tmp_path / "ok", per_class=3, classes=("EOS",))
         out = tiny_model
     before = _digest(tiny_model)
-    assert main(["adapt", str(data), "--from", str(tiny_model), "--out", str(out), "--epochs", "1",
+    assert main(["adapt", str(data), "--model", str(tiny_model), "--out", str(out), "--epochs", "1",
                  "--workers", "0"]) == 2
     line = [x for x in capsys.readouterr().err.splitlines() if x.startswith("marrowscope adapt: error:")]
     assert len(line) == 1 and re.search(words, line[0]), line
@@ -96,7 +96,7 @@ def test_reviewed_zip_from_the_app_adapts_as_it_is(tiny_model, tmp_path):
 def test_mix_blends_the_fine_tuned_weights_with_the_source(tiny_model, tmp_path):
     import torch
 
-    from marrowscope.artifacts import load_model_folder
+    from marrowscope.core.artifacts import load_model_folder
 
     cells = make_dataset(tmp_path / "lab", per_class=4, classes=("EOS", "LYT"))
     source = load_model_folder(tiny_model)[0].state_dict()
@@ -131,8 +131,8 @@ def test_adapted_folder_keeps_the_thresholds_but_not_the_blast_weight_nor_the_se
 def test_adapted_domain_check_does_not_flag_both_labs_images(tiny_run, tmp_path):
     """The refitted check's threshold comes from images outside its fit: from in-fit scores it had
     flagged nearly every image of either lab."""
-    from marrowscope.manifest import read_manifest
-    from marrowscope.predict import Predictor
+    from marrowscope.core.manifest import read_manifest
+    from marrowscope.core.predict import Predictor
 
     cells = make_dataset(tmp_path / "lab", per_class=16, classes=("EOS", "LYT", "MON"))
     fresh = sorted(cells.rglob("*.png"))[1::2]  # new-lab cells the adapted folder never sees
@@ -142,5 +142,5 @@ def test_adapted_domain_check_does_not_flag_both_labs_images(tiny_run, tmp_path)
     p = Predictor(tmp_path / "ours")
     own = [s.path for s in read_manifest(tiny_run / "manifest.csv") if s.split == "test"]
     for images in (own, [tmp_path / f.name for f in fresh]):
-        flagged = [p.is_unusual(r) for r in p.predict_many(images)]
+        flagged = [r.unusual for r in p.predict_many(images)]
         assert sum(flagged) <= len(flagged) // 3, f"{sum(flagged)} of {len(flagged)} flagged"

@@ -13,10 +13,10 @@ import gradio as gr
 import pytest
 from PIL import Image
 
-from marrowscope.app import batch, build_demo, classify, review_export
-from marrowscope.views import data_views, model_views
-from marrowscope.classes import CLASSES
-from marrowscope.predict import Predictor
+from marrowscope.apps.app import batch, build_demo, classify, review_export
+from marrowscope.apps.views import data_views, model_views
+from marrowscope.core.classes import CLASSES
+from marrowscope.core.predict import Predictor
 from tests.conftest import synthetic_cell
 
 
@@ -27,7 +27,7 @@ def predictor(tiny_model):
 
 @pytest.fixture(scope="module")
 def explainer(tiny_model):
-    from marrowscope.explain import Explainer
+    from marrowscope.report.explain import Explainer
 
     return Explainer(tiny_model)
 
@@ -39,12 +39,12 @@ def _save(tmp_path, name, im=None):
 
 
 def test_classify_top3_overlay_and_review_flag(predictor, explainer, tmp_path):
-    top, overlay, advice = classify(predictor, explainer, _save(tmp_path, "a.png"), review_below=1.01)
+    top, overlay, advice = classify(predictor.again(review_below=1.01), explainer, _save(tmp_path, "a.png"))
     assert len(top) == 3 and all("(" in k for k in top)  # full names with codes
     assert list(top.values()) == sorted(top.values(), reverse=True) and sum(top.values()) <= 1 + 1e-6
     assert overlay.size == (32, 32)
     assert "Review by a person" in advice
-    _, _, advice = classify(predictor, None, _save(tmp_path, "b.png"), review_below=0.0)
+    _, _, advice = classify(predictor.again(review_below=0.0), None, _save(tmp_path, "b.png"))
     assert "Most likely" in advice
 
 
@@ -81,7 +81,7 @@ def test_batch_with_zip_and_bad_file_then_review_export(predictor, tmp_path):
         names = zf.namelist()
     assert any(n.startswith("PMO/") for n in names) and "labels.csv" in names
     # the exported tree trains: it is a class-folder tree with a manifest beside it
-    from marrowscope.data import load_samples
+    from marrowscope.core.data import load_samples
 
     samples, _ = load_samples(files[1])
     assert len(samples) == 5 and samples[0].path.exists()
@@ -113,8 +113,8 @@ def test_review_rejects_unknown_labels(predictor, tmp_path):
 
 @pytest.mark.slow
 def test_adapt_to_reviewed_cells_switches_this_session_only_and_back(predictor, explainer, tmp_path):
-    from marrowscope.app import review_adapt
-    from marrowscope.app_models import SessionModels, use_bundled
+    from marrowscope.apps.app import review_adapt
+    from marrowscope.apps.app_models import SessionModels, use_bundled
 
     models = SessionModels(predictor, explainer)
     images = [_save(tmp_path, f"c{k}.png", synthetic_cell(k % 7, 100 + k)) for k in range(14)]
@@ -136,8 +136,8 @@ def test_adapt_to_reviewed_cells_switches_this_session_only_and_back(predictor, 
 
 
 def test_adapt_without_a_reviewed_batch_is_a_sentence(predictor):
-    from marrowscope.app import review_adapt
-    from marrowscope.app_models import SessionModels
+    from marrowscope.apps.app import review_adapt
+    from marrowscope.apps.app_models import SessionModels
 
     with pytest.raises(gr.Error, match="Classify a batch first"):
         review_adapt(SessionModels(predictor), list(CLASSES), [], {}, {}, progress=lambda *a, **k: None)
@@ -207,7 +207,7 @@ def test_launched_app_through_gradio_client(predictor, explainer, tmp_path):
 def test_export_space_serves_the_same_app(tiny_model, tmp_path):
     from gradio_client import Client, handle_file
 
-    from marrowscope.export import export_space
+    from marrowscope.fit.export import export_space
 
     out = export_space(tiny_model, tmp_path / "space", examples=[_save(tmp_path, "ex.png")])
     readme = (out / "README.md").read_text()
@@ -253,7 +253,7 @@ def test_review_keeps_two_uploads_of_the_same_name_apart(predictor, tmp_path):
 
 
 def test_app_owns_its_disk(predictor):
-    from marrowscope.app import CACHE_SWEEP, STATE_TTL_S
+    from marrowscope.apps.app import CACHE_SWEEP, STATE_TTL_S
 
     demo = build_demo(predictor)
     assert demo.delete_cache == CACHE_SWEEP

@@ -7,10 +7,10 @@ import pytest
 import timm
 import torch
 
-from marrowscope.artifacts import load_model_folder, read_model_info, save_model_folder
-from marrowscope.classes import CLASSES
-from marrowscope.errors import MarrowscopeError
-from marrowscope.model import create_network
+from marrowscope.core.artifacts import load_model_folder, read_model_info, save_model_folder
+from marrowscope.core.classes import CLASSES
+from marrowscope.core.errors import MarrowscopeError
+from marrowscope.core.model import create_network
 
 DATA_CFG = {"input_size": (3, 32, 32), "interpolation": "bicubic", "mean": (0.5,) * 3, "std": (0.5,) * 3,
             "crop_pct": 1.0, "crop_mode": "center"}
@@ -89,12 +89,9 @@ def _edit(path, change):
     (path / "config.json").write_text(json.dumps(cfg))
 
 
-def test_average_weights_script_gives_the_mean_of_like_models(tiny_model, tmp_path):
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    from marrowscope.artifacts import load_model_folder, save_model_folder
+def test_average_weights_gives_the_mean_of_like_models(tiny_model, tmp_path, capsys):
+    from marrowscope.apps.cli import main
+    from marrowscope.core.artifacts import load_model_folder, save_model_folder
 
     net, info = load_model_folder(tiny_model)
     before = {k: v.clone() for k, v in net.state_dict().items()}
@@ -103,14 +100,12 @@ def test_average_weights_script_gives_the_mean_of_like_models(tiny_model, tmp_pa
             p.add_(1.0)
     save_model_folder(net, tmp_path / "plus1", info.classes, info.data_config)
     save_model_folder(net, tmp_path / "other", list(reversed(info.classes)), info.data_config)
-    script = Path(__file__).parents[1] / "scripts" / "average_weights.py"
-    subprocess.run([sys.executable, str(script), str(tmp_path / "avg"), str(tiny_model), str(tmp_path / "plus1")],
-                   check=True, capture_output=True)
+    assert main(["average-weights", str(tmp_path / "avg"), str(tiny_model), str(tmp_path / "plus1")]) == 0
     avg, avg_info = load_model_folder(tmp_path / "avg")
     assert avg_info.classes == info.classes
     params = dict(avg.named_parameters())
     for name, p in params.items():
         assert torch.allclose(p, before[name] + 0.5, atol=2e-2), name  # stored as float16
-    bad = subprocess.run([sys.executable, str(script), str(tmp_path / "bad"), str(tiny_model), str(tmp_path / "other")],
-                         capture_output=True, text=True)
-    assert bad.returncode != 0 and "only like models average" in bad.stderr and "Traceback" not in bad.stderr
+    capsys.readouterr()
+    assert main(["average-weights", str(tmp_path / "bad"), str(tiny_model), str(tmp_path / "other")]) == 2
+    assert "only like models average" in capsys.readouterr().err

@@ -6,9 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from marrowscope.augment import (BackgroundTint, ColourJitter, FocusOrJpeg, HEDJitter, ScaleJitter, colour_matrices,
-                                 laplacian_variance)
-from marrowscope.transforms import train_transform
+from marrowscope.core.focus import laplacian_variance
+from marrowscope.fit.augment import (
+    BackgroundTint,
+    ColourJitter,
+    FocusOrJpeg,
+    HEDJitter,
+    ScaleJitter,
+    colour_matrices,
+)
+from marrowscope.fit.transforms import train_transform
 from tests.conftest import synthetic_cell
 
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 from scipy.stats import ks_2samp
 
-from marrowscope.augment import unsharp
-from marrowscope.augment_batch import BatchLabAugment, _gaussian_blur
-from marrowscope.transforms import train_transform
+from marrowscope.fit.augment import unsharp
+from marrowscope.fit.augment_batch import BatchLabAugment, _gaussian_blur
+from marrowscope.fit.transforms import train_transform
 from tests.conftest import synthetic_cell
 
 SIZE = 64

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from marrowscope.app import batch as app_batch
-from marrowscope.data import prepare
-from marrowscope.errors import ImageDecodeError
-from marrowscope.images import decode_image
-from marrowscope.predict import Predictor
-from marrowscope.batch import run_batch
+from marrowscope.apps.app import batch as app_batch
+from marrowscope.core.batch import run_batch
+from marrowscope.core.data import prepare
+from marrowscope.core.errors import ImageDecodeError
+from marrowscope.core.images import decode_image
+from marrowscope.core.predict import Predictor
 from tests.conftest import synthetic_cell
 
 BAD = {  # file name -> (bytes, words the reason must contain)

@@ -6,9 +6,9 @@ import socket
 
 import pytest
 
-from marrowscope.app import build_demo
-from marrowscope.classes import FULL_NAMES
-from marrowscope.predict import Predictor
+from marrowscope.apps.app import build_demo
+from marrowscope.core.classes import FULL_NAMES
+from marrowscope.core.predict import Predictor
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -17,7 +17,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (make test installs it)")
 def test_upload_shows_top3(real_data, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api")
-    from marrowscope.explain import Explainer
+    from marrowscope.report.explain import Explainer
 
     predictor = Predictor()
     demo = build_demo(predictor, explainer=Explainer(predictor.model_dir))

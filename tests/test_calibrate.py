@@ -5,13 +5,13 @@ import shutil
 import numpy as np
 import pytest
 
-from marrowscope.errors import MarrowscopeError
-from marrowscope.predict import Predictor
+from marrowscope.core.errors import MarrowscopeError
+from marrowscope.core.predict import Predictor
 
 
 def test_temperature_fit_recovers_a_known_scale():
-    from marrowscope.calibrate import fit_temperature
-    from marrowscope.predict import probs_from_logits
+    from marrowscope.core.predict import probs_from_logits
+    from marrowscope.fit.calibrate import fit_temperature
 
     rng = np.random.default_rng(0)
     true_logits = rng.normal(0, 3, (4000, 5))
@@ -22,7 +22,7 @@ def test_temperature_fit_recovers_a_known_scale():
 
 def test_calibrate_writes_temperature_and_refuses_test(tmp_path, tiny_run):
 
-    from marrowscope.calibrate import calibrate
+    from marrowscope.fit.calibrate import calibrate
 
     model = shutil.copytree(tiny_run / "model", tmp_path / "m")
     with pytest.raises(MarrowscopeError, match="not on test"):
@@ -38,7 +38,7 @@ def test_calibrate_writes_temperature_and_refuses_test(tmp_path, tiny_run):
 
 
 def test_calibrate_goes_on_past_unreadable_files(tmp_path, tiny_model):
-    from marrowscope.calibrate import calibrate
+    from marrowscope.fit.calibrate import calibrate
     from tests.conftest import make_dataset
 
     data = make_dataset(tmp_path / "d", per_class=8)

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from marrowscope.classes import CLASSES
-from marrowscope.data import count_table, load_samples, prepare, scan_folder
-from marrowscope.manifest import manifest_rows, read_manifest, write_manifest
-from marrowscope.errors import MarrowscopeError
+from marrowscope.core.classes import CLASSES
+from marrowscope.core.data import count_table, load_samples, prepare, scan_folder
+from marrowscope.core.errors import MarrowscopeError
+from marrowscope.core.manifest import manifest_rows, read_manifest, write_manifest
 from tests.conftest import make_dataset
 
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from marrowscope.artifacts import load_model_folder
+from marrowscope.core.artifacts import load_model_folder
 from tests.conftest import make_dataset
 
 
@@ -15,7 +15,7 @@ def test_two_process_ddp_on_cpu(tmp_path):
     data = make_dataset(tmp_path / "cells", per_class=10)
     run = tmp_path / "run"
     res = subprocess.run(
-        [sys.executable, "-m", "marrowscope", "train", str(data), "--out", str(run), "--model", "test_efficientnet",
+        [sys.executable, "-m", "marrowscope", "train", str(data), "--out", str(run), "--arch", "test_efficientnet",
          "--img-size", "32", "--epochs", "2", "--batch-size", "8", "--workers", "0", "--accelerator", "cpu",
          "--devices", "2"],
         capture_output=True, text=True, timeout=600)
@@ -29,8 +29,8 @@ def test_two_process_ddp_on_cpu(tmp_path):
 
 @pytest.mark.slow
 def test_predict_and_evaluate_over_two_ddp_ranks_match_one_process(tiny_run, tmp_path):
-    from marrowscope.predict import Predictor
-    from marrowscope.batch import run_batch
+    from marrowscope.core.batch import run_batch
+    from marrowscope.core.predict import Predictor
     from tests.conftest import synthetic_cell
 
     folder = tmp_path / "cells"
@@ -63,7 +63,7 @@ def test_predict_and_evaluate_over_two_ddp_ranks_match_one_process(tiny_run, tmp
     assert ev.returncode == 0, ev.stderr[-3000:]
     import json
 
-    from marrowscope.evaluate import evaluate
+    from marrowscope.report.evaluate import evaluate
 
     m2 = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     m1 = evaluate(Predictor(tiny_run / "model", backend="torch"), tiny_run / "manifest.csv", "val")

@@ -4,11 +4,10 @@ import json
 
 import pytest
 
-
-from marrowscope.artifacts import DEFAULT_MODEL, read_model_info
-from marrowscope.classes import CLASSES
-from marrowscope.manifest import read_manifest
-from marrowscope.predict import Predictor
+from marrowscope.core.artifacts import DEFAULT_MODEL, read_model_info
+from marrowscope.core.classes import CLASSES
+from marrowscope.core.manifest import read_manifest
+from marrowscope.core.predict import Predictor
 
 
 def test_config_lists_the_seven_classes_in_order():

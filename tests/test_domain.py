@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from marrowscope import domain
-from marrowscope.cli import main
-from marrowscope.predict import Predictor
+from marrowscope.apps.cli import main
+from marrowscope.core import domain
+from marrowscope.core.predict import Predictor
+from marrowscope.fit.checks import fit_domain
 from tests.conftest import synthetic_cell
 
 
@@ -28,7 +29,7 @@ def test_scores_are_about_one_inside_and_large_outside():
 @pytest.fixture(scope="module")
 def checked_model(tiny_run, tmp_path_factory):
     model = shutil.copytree(tiny_run / "model", tmp_path_factory.mktemp("dom") / "model")
-    info = domain.fit_for_model(model, tiny_run / "manifest.csv")
+    info = fit_domain(model, tiny_run / "manifest.csv")
     assert (model / domain.DOMAIN_FILE).is_file() and info["threshold"] > 0
     return model
 
@@ -47,7 +48,7 @@ def test_unlike_images_score_higher_and_are_flagged(checked_model, tmp_path):
     unlike = [p.predict_one(_strange(k)) for k in range(6)]
     assert min(u.domain_score for u in unlike) > max(x.domain_score for x in like)
     # the tiny model's threshold comes from 14 validation images: strict on new cells, but far below the odd ones
-    assert all(p.is_unusual(u) for u in unlike) and sum(p.is_unusual(x) for x in like) < len(like) / 2
+    assert all(u.unusual for u in unlike) and sum(x.unusual for x in like) < len(like) / 2
 
 
 def test_predict_writes_the_columns_and_warns_on_stderr(checked_model, tmp_path, capsys):
@@ -68,7 +69,7 @@ def test_predict_writes_the_columns_and_warns_on_stderr(checked_model, tmp_path,
 
 
 def test_training_fits_the_check_and_a_folder_without_it_has_none(tiny_model, tmp_path):
-    from marrowscope.artifacts import read_model_info
+    from marrowscope.core.artifacts import read_model_info
 
     assert (tiny_model / domain.DOMAIN_FILE).is_file()  # `train` fits it on its own training images
     assert "training images" in read_model_info(tiny_model).extra["domain"]["fitted_on"]

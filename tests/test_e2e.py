@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from marrowscope.classes import CLASSES
-from marrowscope.cli import main
+from marrowscope.apps.cli import main
+from marrowscope.core.classes import CLASSES
 
 
 @pytest.mark.slow
@@ -15,7 +15,7 @@ def test_cli_pipeline_on_real_images(real_data, tmp_path, capsys):
     assert main(["prepare", str(real_data), "--out", str(manifest), "--per-class", "8", "--seed", "1"]) == 0
     assert "BLA" in capsys.readouterr().out
     run = tmp_path / "run"
-    assert main(["train", str(manifest), "--out", str(run), "--model", "test_efficientnet", "--img-size", "32",
+    assert main(["train", str(manifest), "--out", str(run), "--arch", "test_efficientnet", "--img-size", "32",
                  "--epochs", "2", "--batch-size", "8", "--workers", "0", "--accelerator", "cpu"]) == 0
     assert main(["evaluate", str(run), str(manifest), "--split", "test", "--out", str(tmp_path / "ev")]) == 0
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
@@ -48,3 +48,19 @@ def test_stats_writes_charts(tmp_path, capsys):
     counts = json.loads((tmp_path / "st" / "counts.json").read_text())
     assert counts["BLA"]["total"] == 5
     assert "BLA" in capsys.readouterr().out
+
+
+def test_one_model_convention_and_old_spellings_still_read(capsys):
+    """--model is always a model folder and --arch the architecture; the old spellings work for one
+    release and say what to use instead."""
+    from marrowscope.apps.cli import build_parser
+
+    parser = build_parser()
+    a = parser.parse_args(["train", "--out", "run", "--arch", "resnet18"])
+    assert a.model == "resnet18" and capsys.readouterr().err == ""
+    assert parser.parse_args(["train", "--out", "run"]).model == "rexnet_150"  # the mission's default
+    a = parser.parse_args(["cv", "--out", "cv", "--model", "resnet18"])
+    assert a.model == "resnet18" and "--model is deprecated" in capsys.readouterr().err
+    a = parser.parse_args(["adapt", "cells", "--out", "new", "--from", "models/x"])
+    assert a.source == "models/x" and "use --model" in capsys.readouterr().err
+    assert parser.parse_args(["adapt", "cells", "--out", "new", "--model", "models/x"]).source == "models/x"

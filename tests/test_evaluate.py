@@ -6,10 +6,10 @@ import json
 import numpy as np
 import pytest
 
-from marrowscope.cli import main
-from marrowscope.errors import MarrowscopeError
-from marrowscope.evaluate import compute_metrics, evaluate, expected_calibration_error, reliability_bins
-from marrowscope.predict import Predictor
+from marrowscope.apps.cli import main
+from marrowscope.core.errors import MarrowscopeError
+from marrowscope.core.predict import Predictor
+from marrowscope.report.evaluate import compute_metrics, evaluate, expected_calibration_error, reliability_bins
 from tests.conftest import make_dataset
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from marrowscope.explain import Explainer
+from marrowscope.report.explain import Explainer
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,9 @@ import shutil
 import numpy as np
 import pytest
 
-from marrowscope.errors import MarrowscopeError
-from marrowscope.export import export_int8, export_onnx
-from marrowscope.predict import Predictor
+from marrowscope.core.errors import MarrowscopeError
+from marrowscope.core.predict import Predictor
+from marrowscope.fit.export import export_int8, export_onnx
 from tests.conftest import synthetic_cell
 
 

@@ -10,10 +10,11 @@ import pytest
 import torch
 from PIL import Image, ImageEnhance, ImageFilter
 
-from marrowscope.artifacts import read_model_info
-from marrowscope.augment import unsharp
-from marrowscope.focus import MatchFocus, fit_for_model, measure, sharpness
-from marrowscope.transforms import Preprocess
+from marrowscope.core.artifacts import read_model_info
+from marrowscope.core.focus import MatchFocus, measure, sharpness
+from marrowscope.core.preprocess import Preprocess
+from marrowscope.fit.augment import unsharp
+from marrowscope.fit.checks import fit_focus
 from tests.conftest import synthetic_cell
 from tests.test_bad_inputs import BAD, make_corpus
 
@@ -80,29 +81,24 @@ def test_train_measures_it_and_fit_skips_bad_files(tiny_model, tmp_path):
     shutil.copytree(tiny_model, model)
     cls, odd = make_corpus(tmp_path / "corpus")
     paths = sorted(cls.iterdir())
-    got = fit_for_model(model, paths)  # bad files are skipped, the readable ones measured
+    got = fit_focus(model, paths)  # bad files are skipped, the readable ones measured
     assert f"{len(odd)} training images" in got["how"]
     assert json.loads((model / "config.json").read_text())["marrowscope"]["focus"] == got
-    assert fit_for_model(model, [cls / name for name in BAD]) is None  # nothing readable: nothing written
+    assert fit_focus(model, [cls / name for name in BAD]) is None  # nothing readable: nothing written
     assert read_model_info(model).focus == got
 
 
-def test_fit_checks_script_fits_a_folder_made_without_them(tiny_model, tmp_path, capsys, monkeypatch):
-    import runpy
-    import sys
-    from pathlib import Path
-
-    from marrowscope.artifacts import write_settings
+def test_fit_checks_command_fits_a_folder_made_without_them(tiny_model, tmp_path, capsys):
+    from marrowscope.apps.cli import main
+    from marrowscope.core.artifacts import write_settings
 
     model = tmp_path / "model"
     shutil.copytree(tiny_model, model)
     write_settings(model, focus=None, domain=None)  # as trained with --no-checks
     (model / "domain.safetensors").unlink()
     assert read_model_info(model).focus is None
-    script = Path(__file__).parents[1] / "scripts" / "fit_checks.py"
-    monkeypatch.setattr(sys, "argv", ["fit_checks.py", str(model), "--only", "focus", "domain",
-                                      "--data", str(tiny_model / "manifest.csv")])
-    runpy.run_path(str(script), run_name="__main__")
+    assert main(["fit-checks", "--model", str(model), "--only", "focus", "domain",
+                 "--data", str(tiny_model / "manifest.csv")]) == 0
     out = capsys.readouterr().out
     assert out.startswith("focus: {") and "\ndomain: {" in out and "scale" not in out
     assert {"median", "above"} <= set(read_model_info(model).focus)
@@ -114,10 +110,10 @@ def test_csvs_and_app_say_how_much_each_image_was_blurred(tiny_model, tmp_path):
     the app says it in a sentence."""
     import csv
 
-    from marrowscope.app import classify
-    from marrowscope.artifacts import write_settings
-    from marrowscope.cli import main
-    from marrowscope.predict import Predictor
+    from marrowscope.apps.app import classify
+    from marrowscope.apps.cli import main
+    from marrowscope.core.artifacts import write_settings
+    from marrowscope.core.predict import Predictor
 
     model = shutil.copytree(tiny_model, tmp_path / "model")
     size = read_model_info(model).data_config["input_size"][-1]

@@ -6,8 +6,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from marrowscope.errors import ImageDecodeError
-from marrowscope.images import decode_image
+from marrowscope.core.errors import ImageDecodeError
+from marrowscope.core.images import decode_image
 
 
 def _valid(fmt: str) -> bytes:

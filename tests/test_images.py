@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from marrowscope.errors import ImageDecodeError
-from marrowscope.images import decode_image
+from marrowscope.core.errors import ImageDecodeError
+from marrowscope.core.images import decode_image
 
 
 def _png(im: Image.Image, **kw) -> bytes:

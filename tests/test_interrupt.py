@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from marrowscope.artifacts import load_model_folder
+from marrowscope.core.artifacts import load_model_folder
 from tests.conftest import make_dataset
 
 

@@ -7,16 +7,16 @@ import json
 import pytest
 import torch
 
-from marrowscope.config import TrainConfig
+from marrowscope.core.config import TrainConfig
 from tests.conftest import make_dataset
 
 
 @pytest.mark.slow
 def test_large_set_is_decoded_per_item_and_goes_past_broken_files(tmp_path, monkeypatch, capfd):
-    from marrowscope import datasets
-    from marrowscope.data import prepare
-    from marrowscope.manifest import write_manifest
-    from marrowscope.train import fit
+    from marrowscope.core.data import prepare
+    from marrowscope.core.manifest import write_manifest
+    from marrowscope.fit import datasets
+    from marrowscope.fit.train import fit
 
     monkeypatch.setattr(datasets, "CACHE_BUDGET_BYTES", 0)  # as if the set were larger than memory
     samples, _ = prepare(make_dataset(tmp_path / "cells", per_class=10))
@@ -39,7 +39,7 @@ def test_large_set_is_decoded_per_item_and_goes_past_broken_files(tmp_path, monk
 def test_loader_workers_none_on_the_cpu_and_the_free_cores_on_a_gpu(monkeypatch):
     import os
 
-    from marrowscope.datasets import loader_workers
+    from marrowscope.fit.datasets import loader_workers
 
     assert TrainConfig().workers is None  # train's default: chosen where it runs
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
@@ -54,9 +54,9 @@ def test_loader_workers_none_on_the_cpu_and_the_free_cores_on_a_gpu(monkeypatch)
 
 
 def test_small_sets_stay_in_memory_and_large_ones_do_not(tmp_path, monkeypatch):
-    from marrowscope import datasets
-    from marrowscope.data import scan_folder
-    from marrowscope.datasets import CellDataset
+    from marrowscope.core.data import scan_folder
+    from marrowscope.fit import datasets
+    from marrowscope.fit.datasets import CellDataset
 
     samples, _ = scan_folder(make_dataset(tmp_path / "cells", per_class=2))
     classes = sorted({s.label for s in samples})
@@ -72,14 +72,14 @@ FULL_21 = ("ABE", "ART", "BAS", "BLA", "EBO", "EOS", "FGC", "HAC", "KSC", "LYI",
 
 @pytest.mark.slow
 def test_twenty_one_classes_train_evaluate_predict_and_show(tmp_path):
-    from marrowscope.app import batch
-    from marrowscope.cli import main
-    from marrowscope.plots import distribution_figure
-    from marrowscope.predict import Predictor
-    from marrowscope.views import data_views
+    from marrowscope.apps.app import batch
+    from marrowscope.apps.cli import main
+    from marrowscope.apps.views import data_views
+    from marrowscope.core.predict import Predictor
+    from marrowscope.report.plots import distribution_figure
 
     data = make_dataset(tmp_path / "cells", per_class=6, classes=FULL_21)
-    assert main(["train", str(data), "--out", str(tmp_path / "run"), "--model", "test_efficientnet", "--img-size",
+    assert main(["train", str(data), "--out", str(tmp_path / "run"), "--arch", "test_efficientnet", "--img-size",
                  "32", "--epochs", "1", "--batch-size", "16", "--workers", "0", "--accelerator", "cpu",
                  "--classes", ",".join(FULL_21), "--no-checks"]) == 0
     model = tmp_path / "run" / "model"

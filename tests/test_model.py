@@ -5,8 +5,8 @@ import pickle
 import pytest
 import torch
 
-from marrowscope.errors import MarrowscopeError
-from marrowscope.model import create_network, gradcam_target_layer, read_state_dict, rename_efficientnet_lite_keys
+from marrowscope.core.errors import MarrowscopeError
+from marrowscope.core.model import create_network, gradcam_target_layer, read_state_dict, rename_efficientnet_lite_keys
 
 
 def test_unknown_architecture_is_named():

@@ -4,12 +4,12 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
-from marrowscope import plots
-from marrowscope.classes import CLASSES
+from marrowscope.core.classes import CLASSES
+from marrowscope.report import plots
 
 
 def test_no_pyplot_is_imported_by_the_app_and_its_figures():
-    code = ("import sys; import marrowscope.plots as p, marrowscope.evaluate, marrowscope.views; "
+    code = ("import sys; import marrowscope.report.plots as p, marrowscope.report.evaluate, marrowscope.apps.views; "
             "p.count_figure([{'class': 'BLA', 'cells': 1, 'percent': 100.0}]); "
             "p.distribution_figure({'BLA': 3, 'EOS': 1}); p.confusion_figure([[1, 0], [0, 1]], ['A', 'B']); "
             "print('matplotlib.pyplot' in sys.modules)")
@@ -19,7 +19,7 @@ def test_no_pyplot_is_imported_by_the_app_and_its_figures():
     # the app draws only through plots.py and views.py (importing Gradio here would cost seconds)
     from pathlib import Path
 
-    import marrowscope.app as app
+    import marrowscope.apps.app as app
 
     assert "pyplot" not in Path(app.__file__).read_text()
 

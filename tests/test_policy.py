@@ -7,8 +7,9 @@ import shutil
 import numpy as np
 import pytest
 
-from marrowscope.classes import CLASSES
-from marrowscope.policy import Policy, decision_metrics, fit_policy
+from marrowscope.core.classes import CLASSES
+from marrowscope.core.policy import Policy, decision_metrics, fit_policy
+from marrowscope.core.predict import decide
 
 B = CLASSES.index("BLA")
 
@@ -80,7 +81,7 @@ def test_blast_weight_reaches_its_recall_on_new_cells_and_only_favours_blasts():
 
 
 def test_a_cell_called_a_blast_below_the_top_is_not_accepted_and_says_why():
-    from marrowscope.views import cell_advice
+    from marrowscope.apps.views import cell_advice
 
     p = np.array([[0.30, 0.0, 0.45, 0.0, 0.0, 0.0, 0.25],   # LYT leads, but P(BLA) >= 1/2 of it
                   [0.20, 0.0, 0.45, 0.0, 0.0, 0.0, 0.35],   # P(BLA) below half the lead: LYT
@@ -88,11 +89,12 @@ def test_a_cell_called_a_blast_below_the_top_is_not_accepted_and_says_why():
     policy = Policy(0.4, 0.1, True, blast_weight=2.0)
     assert [CLASSES[i] for i in policy.classify(p, CLASSES)] == ["BLA", "LYT", "LYT"]
     assert [CLASSES[i] for i in policy.classify(p, CLASSES, np.array([False, True, True]))] == ["LYT", "LYT", "LYT"]
-    assert "Called a blast" not in cell_advice(policy, CLASSES, p[0], ("LYT", 0.45), usual=False)
+    assert "Called a blast" not in cell_advice(policy, CLASSES, decide("x", p[0], CLASSES, policy, unusual=True))
     # accepted by the called class's probability (0.30 < 0.4); the second is LYT, but its P(BLA) flags it
     assert list(policy.decide(p, CLASSES)) == ["review", "possible-blast", "accepted"]
-    assert policy.predicted(p[0], CLASSES) == ("BLA", 0.30)
-    text = cell_advice(policy, CLASSES, p[0], ("LYT", 0.45))
+    calls = policy.apply(p[0], CLASSES)
+    assert (CLASSES[int(calls.pred[0])], float(calls.prob[0])) == ("BLA", 0.30)
+    text = cell_advice(policy, CLASSES, decide("x", p[0], CLASSES, policy))
     assert "Called a blast" in text and "1/2.00" in text and "45%" in text
     assert "called a blast when P(BLA) >= 1/2.00" in policy.describe()
     assert Policy.from_settings({"accept_threshold": 0.9, "blast_threshold": 0.1}).blast_weight == 1.0  # older folders
@@ -121,9 +123,10 @@ def test_prediction_sets_keep_their_coverage_on_new_cells():
     assert Policy(0.9, set_thresholds=per_class).apply(p, CLASSES).sets[0] == ["LYT", "BLA"]  # most probable first
     assert Policy(0.9, set_thresholds=per_class).apply(p, CLASSES, [False]).sets[0] is None
     assert Policy(0.9).apply(p, CLASSES).sets[0] is None  # a folder calibrated before sets
-    from marrowscope.views import cell_advice
+    from marrowscope.apps.views import cell_advice
 
-    text = cell_advice(Policy(0.9, set_thresholds=[0.3] * 7, set_coverage=0.95), CLASSES, p, ("LYT", 0.5))
+    policy = Policy(0.9, set_thresholds=[0.3] * 7, set_coverage=0.95)
+    text = cell_advice(policy, CLASSES, decide("x", p, CLASSES, policy))
     assert "Prediction set (holds the type of 95%" in text and "Lymphocyte" in text and "Promyelocyte" in text
 
 
@@ -165,9 +168,9 @@ def test_decisions_possible_blast_wins_and_unfitted_rule():
 
 
 def test_calibrate_from_oof_then_predict_and_evaluate_write_decisions(tmp_path, tiny_run):
-    from marrowscope.calibrate import calibrate
-    from marrowscope.cli import main
-    from marrowscope.predict import Predictor
+    from marrowscope.apps.cli import main
+    from marrowscope.core.predict import Predictor
+    from marrowscope.fit.calibrate import calibrate
 
     model = shutil.copytree(tiny_run / "model", tmp_path / "m")
     probs, y = _cells(1500, 2)
@@ -205,12 +208,12 @@ def test_every_writer_uses_the_weighted_call(tmp_path, tiny_run):
     and the app's batch table must all say so, while top1 stays the most probable class."""
     import json
 
-    from marrowscope.app import batch
-    from marrowscope.artifacts import write_settings
-    from marrowscope.batch import run_batch
-    from marrowscope.classes import display_name
-    from marrowscope.cli import main
-    from marrowscope.predict import Predictor
+    from marrowscope.apps.app import batch
+    from marrowscope.apps.cli import main
+    from marrowscope.core.artifacts import write_settings
+    from marrowscope.core.batch import run_batch
+    from marrowscope.core.classes import display_name
+    from marrowscope.core.predict import Predictor
 
     model = shutil.copytree(tiny_run / "model", tmp_path / "m")
     settings = {"accept_threshold": 0.5, "blast_threshold": None, "blast_weight": 1e6}
@@ -245,9 +248,9 @@ def test_every_writer_uses_the_weighted_call(tmp_path, tiny_run):
 
 
 def test_calibrate_refuses_oof_of_other_classes(tmp_path, tiny_model):
-    from marrowscope.calibrate import calibrate
-    from marrowscope.errors import MarrowscopeError
-    from marrowscope.predict import Predictor
+    from marrowscope.core.errors import MarrowscopeError
+    from marrowscope.core.predict import Predictor
+    from marrowscope.fit.calibrate import calibrate
 
     oof = tmp_path / "oof.npz"
     np.savez(oof, logits=np.zeros((1, 4, 3)), y=np.zeros(4, int), classes=np.array(["A", "B", "C"]))
@@ -259,7 +262,7 @@ def test_calibrate_refuses_oof_of_other_classes(tmp_path, tiny_model):
                                          ("--set-coverage", "1")])
 def test_calibrate_targets_out_of_range_are_a_sentence_and_nothing_is_written(tmp_path, tiny_model, capsys, flag,
                                                                                value):
-    from marrowscope.cli import main
+    from marrowscope.apps.cli import main
 
     before = (tiny_model / "config.json").read_bytes()
     assert main(["calibrate", "--model", str(tiny_model), "--oof", str(tmp_path / "none.npz"), flag, value]) == 2

@@ -2,11 +2,10 @@
 
 import pytest
 
-from marrowscope.classes import CLASSES
-from marrowscope.errors import ImageDecodeError, MarrowscopeError
-from marrowscope.batch import differential_count
-from marrowscope.predict import Predictor
-from marrowscope.batch import run_batch
+from marrowscope.core.batch import differential_count, run_batch
+from marrowscope.core.classes import CLASSES
+from marrowscope.core.errors import ImageDecodeError, MarrowscopeError
+from marrowscope.core.predict import Predictor
 from tests.conftest import synthetic_cell
 
 

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from marrowscope.errors import MarrowscopeError
-from marrowscope.scale import RED_CELL_UM, ToTrainingScale, estimate_pixel_size, red_cell_diameters
-from marrowscope.transforms import Preprocess
+from marrowscope.core.errors import MarrowscopeError
+from marrowscope.core.preprocess import Preprocess
+from marrowscope.core.scale import RED_CELL_UM, ToTrainingScale, estimate_pixel_size, red_cell_diameters
 from tests.conftest import synthetic_cell
 
 

@@ -1,20 +1,18 @@
 """The second reading: images the domain check flags are also read with the cell drawn smaller (the model
 folder's ``second_reading.zoom``) and the two readings averaged; images like the training images are not."""
 
-import importlib.util
 import re
 import shutil
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from marrowscope import domain
-from marrowscope.artifacts import read_model_info, write_settings
-from marrowscope.predict import Predictor, probs_from_logits
-from marrowscope.scale import ToTrainingScale
+from marrowscope.apps.cli import main
+from marrowscope.core.artifacts import read_model_info, write_settings
+from marrowscope.core.predict import Predictor, probs_from_logits
+from marrowscope.core.scale import ToTrainingScale
+from marrowscope.fit.checks import fit_domain
 from tests.conftest import synthetic_cell
 from tests.test_domain import _strange
 
@@ -27,16 +25,9 @@ def zoomed_model(tiny_run, tmp_path_factory):
     check fitted at that scale, and a second reading at ZOOM."""
     model = shutil.copytree(tiny_run / "model", tmp_path_factory.mktemp("zoom") / "model")
     write_settings(model, scale={"pixel_size_um": 0.1, "field_px": 48, "how": "set by the test"})
-    domain.fit_for_model(model, tiny_run / "manifest.csv")
+    fit_domain(model, tiny_run / "manifest.csv")
     write_settings(model, second_reading={"zoom": ZOOM, "how": "set by the test"})
     return model
-
-
-def _choose_script():
-    spec = importlib.util.spec_from_file_location("choose", Path(__file__).parents[1] / "scripts/choose_second_zoom.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _cells():
@@ -57,7 +48,7 @@ def test_flagged_images_average_two_readings_and_the_rest_keep_one(zoomed_model)
     p = Predictor(zoomed_model, backend="torch")
     like, odd = _cells()
     raws = list(p.stream_logits(like + odd))
-    flagged = [p.is_unusual(p.finish(r)) for r in raws]
+    flagged = [p.finish(r).unusual for r in raws]
     assert all(flagged[len(like):]), "the odd images must be flagged for this test to mean anything"
     for r, f, src in zip(raws, flagged, like + odd):
         if not f:
@@ -84,11 +75,11 @@ def test_a_folder_without_the_setting_reads_once(zoomed_model, tmp_path):
     for src in like + odd:
         a, b = p.predict_one(src), z.predict_one(src)
         assert a.domain_score == pytest.approx(b.domain_score)  # the check reads the first reading only
-        assert np.allclose(a.probs, b.probs, atol=1e-6) != z.is_unusual(b)
+        assert np.allclose(a.probs, b.probs, atol=1e-6) != b.unusual
 
 
 def test_the_lightning_path_reads_flagged_images_again_too(zoomed_model, tmp_path):
-    from marrowscope.distributed import predict_distributed
+    from marrowscope.core.distributed import predict_distributed
 
     like, odd = _cells()
     files = []
@@ -97,27 +88,25 @@ def test_the_lightning_path_reads_flagged_images_again_too(zoomed_model, tmp_pat
         im.save(files[-1])
     p = Predictor(zoomed_model, backend="torch")
     single = list(p.predict_many(files))
-    ranked = predict_distributed(p, files, tmp_path / "work", devices=1, accelerator="cpu", workers=0)
+    ranked = predict_distributed(p, files, devices=1, accelerator="cpu", workers=0)
     for a, b in zip(ranked, single):
         assert np.allclose(a.probs, b.probs, atol=1e-5)
-    assert sum(p.is_unusual(b) for b in single) >= len(odd)
+    assert sum(b.unusual for b in single) >= len(odd)
 
 
 def test_the_app_says_when_an_image_was_read_twice(zoomed_model, tmp_path):
-    from marrowscope.app import classify
+    from marrowscope.apps.app import classify
 
     p = Predictor(zoomed_model, backend="torch")
     like, odd = _cells()
     for name, im in (("odd.png", odd[0]), *((f"like{k}.png", c) for k, c in enumerate(like))):
         im.save(tmp_path / name)
         said = "Read twice" in classify(p, None, str(tmp_path / name))[2]
-        assert said == p.is_unusual(p.predict_one(tmp_path / name)), name
+        assert said == p.predict_one(tmp_path / name).unusual, name
     assert "Read twice" in classify(p, None, str(tmp_path / "odd.png"))[2]
 
 
-def test_the_zoom_is_chosen_on_the_adaptation_split_and_written(zoomed_model, tiny_run, tmp_path, capsys,
-                                                                monkeypatch):
-    choose = _choose_script()
+def test_the_zoom_is_chosen_on_the_adaptation_split_and_written(zoomed_model, tiny_run, tmp_path, capsys):
     model = shutil.copytree(zoomed_model, tmp_path / "model")
     write_settings(model, second_reading=None)
     other = tmp_path / "other"
@@ -127,9 +116,8 @@ def test_the_zoom_is_chosen_on_the_adaptation_split_and_written(zoomed_model, ti
             im = synthetic_cell(k, 5000 + 31 * i + k, size=96).resize((72, 72))
             Image.fromarray(np.clip(np.asarray(im, np.int16) + (-20, 0, 25), 0, 255).astype(np.uint8)).save(
                 other / c / f"{c}_{i:03d}.png")
-    monkeypatch.setattr(sys, "argv", ["choose", "--model", str(model), "--other", str(other), "--zooms", "0.8", "0.6",
-                                      "--data-root", str(tiny_run.parent / "cells"), "--write"])
-    choose.main()
+    assert main(["choose-second-zoom", str(other), "--model", str(model), "--zooms", "0.8", "0.6",
+                 "--data-root", str(tiny_run.parent / "cells"), "--write"]) == 0
     out = capsys.readouterr().out
     acc = {float(z): float(a) for z, a in re.findall(r"zoom ([\d.]+): choice ([\d.]+)", out)}
     assert set(acc) == {1.0, 0.8, 0.6} and "own test, every image read so" in out
@@ -138,11 +126,8 @@ def test_the_zoom_is_chosen_on_the_adaptation_split_and_written(zoomed_model, ti
     assert f"chosen: {chosen}" in out
 
 
-def test_choosing_needs_a_domain_check_and_a_scale(tiny_model, tmp_path, monkeypatch):
-    choose = _choose_script()
+def test_choosing_needs_a_domain_check_and_a_scale(tiny_model, tmp_path, capsys):
     model = shutil.copytree(tiny_model, tmp_path / "model")
     write_settings(model, scale=None)
-    monkeypatch.setattr(sys, "argv", ["choose", "--model", str(model), "--other", str(tmp_path)])
-    with pytest.raises(SystemExit) as exc:
-        choose.main()
-    assert exc.value.code == 2
+    assert main(["choose-second-zoom", str(tmp_path), "--model", str(model)]) == 2
+    assert "fit-checks" in capsys.readouterr().err

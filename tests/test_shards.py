@@ -5,11 +5,11 @@ import json
 
 import pytest
 
-from marrowscope.cli import main
-from marrowscope.errors import MarrowscopeError
+from marrowscope.apps.cli import main
+from marrowscope.core.errors import MarrowscopeError
 from tests.conftest import make_dataset
 
-TRAIN = ["--model", "test_efficientnet", "--img-size", "32", "--epochs", "2", "--batch-size", "8", "--workers", "2",
+TRAIN = ["--arch", "test_efficientnet", "--img-size", "32", "--epochs", "2", "--batch-size", "8", "--workers", "2",
          "--accelerator", "cpu"]
 
 
@@ -22,8 +22,8 @@ def shards(tmp_path):
 
 @pytest.mark.slow
 def test_train_streams_shards_and_skips_an_unreadable_item(tmp_path, shards, capfd):
-    from marrowscope.data import prepare
-    from marrowscope.shards import write_shards
+    from marrowscope.core.data import prepare
+    from marrowscope.fit.shards import write_shards
 
     meta = json.loads((shards / "marrowscope_shards.json").read_text())
     assert meta["images"] == {"train": 49, "val": 7, "test": 14} and meta["format"] == 1
@@ -40,7 +40,7 @@ def test_train_streams_shards_and_skips_an_unreadable_item(tmp_path, shards, cap
 
 
 def test_shards_of_another_format_or_other_classes_are_refused(tmp_path, shards):
-    from marrowscope.shards import read_meta
+    from marrowscope.fit.shards import read_meta
 
     with pytest.raises(MarrowscopeError, match="not in --classes"):
         read_meta(shards, ["BLA", "EOS"])

@@ -5,11 +5,11 @@ import json
 
 import pytest
 
-from marrowscope.artifacts import read_model_info
-from marrowscope.classes import CLASSES
-from marrowscope.config import TrainConfig
-from marrowscope.errors import MarrowscopeError
-from marrowscope.train import HISTORY_FIELDS, fit
+from marrowscope.core.artifacts import read_model_info
+from marrowscope.core.classes import CLASSES
+from marrowscope.core.config import TrainConfig
+from marrowscope.core.errors import MarrowscopeError
+from marrowscope.fit.train import HISTORY_FIELDS, fit
 from tests.conftest import make_dataset
 
 
@@ -99,7 +99,7 @@ def test_saved_files_hold_no_absolute_paths(tiny_run):
     for name in ("config_train.json", "manifest.csv", "model/config.json", "model/manifest.csv"):
         text = (tiny_run / name).read_text()
         assert str(tiny_run.parent) not in text and "/tmp/" not in text, name
-    from marrowscope.manifest import read_manifest
+    from marrowscope.core.manifest import read_manifest
 
     # the model folder's manifest reads from where it lies
     assert all(s.path.exists() for s in read_manifest(tiny_run / "model" / "manifest.csv"))
@@ -111,7 +111,7 @@ def test_epoch_log_counts_the_wait_between_steps_not_the_steps(monkeypatch, tmp_
 
     import torch
 
-    from marrowscope.train import EpochLog
+    from marrowscope.fit.train import EpochLog
 
     # epoch start 0; batch 1 fetched by 1.0, its step to 3.0; batch 2 by 3.5, its step to 6.0; epoch end 6.0
     clock = [0.0, 1.0, 3.0, 3.5, 6.0, 6.0]

@@ -4,7 +4,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from marrowscope.transforms import RandomRot90, data_config_for, eval_split, eval_transform, train_transform
+from marrowscope.core.preprocess import eval_split, eval_transform
+from marrowscope.fit.transforms import RandomRot90, data_config_for, train_transform
 
 CFG = {"input_size": (3, 32, 32), "interpolation": "bicubic", "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5),
        "crop_pct": 1.0, "crop_mode": "center"}
@@ -29,7 +30,7 @@ def test_eval_geometry_is_resize_then_centre_crop():
 
 
 def test_eval_split_gives_the_eval_transforms_numbers_exactly():
-    from marrowscope.transforms import NormalisedTensor
+    from marrowscope.core.preprocess import NormalisedTensor
 
     cfg = {**CFG, "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}  # not 0.5: order matters
     geometry, rest = eval_split(cfg)

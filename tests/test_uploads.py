@@ -6,8 +6,8 @@ import zipfile
 
 import pytest
 
-from marrowscope import uploads
-from marrowscope.uploads import expand_uploads
+from marrowscope.core import uploads
+from marrowscope.core.uploads import expand_uploads
 from tests.conftest import synthetic_cell
 
 
@@ -89,13 +89,13 @@ def test_not_a_zip_is_a_sentence(tmp_path):
 
 @pytest.fixture(scope="module")
 def predictor(tiny_model):
-    from marrowscope.predict import Predictor
+    from marrowscope.core.predict import Predictor
 
     return Predictor(tiny_model, backend="torch")
 
 
 def test_app_batch_with_hostile_zip_classifies_the_rest(predictor, tmp_path):
-    from marrowscope.app import batch, drop_batch
+    from marrowscope.apps.app import batch, drop_batch
 
     z = hostile_zip(tmp_path / "cells.zip")
     rows, counts, _, _, downloads, note, review, state = batch(predictor, [str(z)])

@@ -1,5 +1,5 @@
 import sys
 
-from marrowscope.cli import main
+from marrowscope.apps.cli import main
 
 sys.exit(main())

@@ -1,0 +1,90 @@
+"""The app's models per session: the bundled one, or one adapted in this session to its reviewed cells.
+
+"Adapt the model to these cells" (Review tab) exports the reviewed cells, runs ``marrowscope adapt``
+on them with a progress bar, offers the adapted model folder as a zip, and switches this session,
+and only this session, to it; "Use the bundled model" switches back. The adapted folder is owned by
+the session's state (removed when it expires or is replaced). Adapting is its own queued event, one
+at a time, so other users' Classify and Batch keep running meanwhile.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+from typing import Optional
+
+import gradio as gr
+
+from marrowscope.apps.views import scratch_dir
+from marrowscope.core.errors import MarrowscopeError
+from marrowscope.core.predict import Predictor
+
+
+class SessionModels:
+    """Predictors (and Grad-CAM explainers) by model folder, each loaded once."""
+
+    def __init__(self, predictor: Predictor, explainer=None):
+        self.default, self.explain = (predictor, explainer), explainer is not None
+        self._loaded: dict[str, tuple] = {}
+        self._lock = threading.Lock()
+
+    def get(self, model_state: Optional[dict]) -> tuple:
+        """(predictor, explainer) of the session's model: the adapted one where there is one."""
+        folder = (model_state or {}).get("model")
+        if not folder or not Path(folder).is_dir():
+            return self.default
+        with self._lock:
+            if folder not in self._loaded:
+                from marrowscope.report.explain import Explainer
+
+                # the same settings as the bundled model's predictor, on the adapted folder
+                self._loaded[folder] = (self.default[0].again(folder), Explainer(folder) if self.explain else None)
+            return self._loaded[folder]
+
+    def drop(self, model_state: Optional[dict]) -> None:
+        """Forget a session's adapted model and remove its folder (the state's delete callback)."""
+        if model_state and model_state.get("dir"):
+            with self._lock:
+                self._loaded.pop(model_state.get("model"), None)
+            shutil.rmtree(model_state["dir"], ignore_errors=True)
+
+
+def banner(models: SessionModels, model_state: Optional[dict]) -> str:
+    predictor = models.get(model_state)[0]
+    if predictor is models.default[0]:
+        return f"Model in use: **{predictor.model_dir.name}** (bundled)."
+    return (f"Model in use: **adapted in this session** from {models.default[0].model_dir.name} "
+            f"({model_state['summary']}). Use the bundled model to switch back.")
+
+
+def adapt_to_review(models: SessionModels, archive: Path, model_state: Optional[dict], epochs: int = 4,
+                    progress=gr.Progress(track_tqdm=True)):
+    """Adapt the session's model to a reviewed.zip -> (zip of the adapted folder, note, new model state,
+    banner). The previous adapted model of the session is removed."""
+    from marrowscope.fit.adapt import adapt
+
+    source = models.get(model_state)[0].model_dir
+    work = scratch_dir("adapted")
+    progress(0, desc="adapting the model to the reviewed cells")
+    try:
+        s = adapt(archive, source, work / "model", epochs=epochs)
+    except MarrowscopeError as exc:
+        shutil.rmtree(work, ignore_errors=True)
+        raise gr.Error(str(exc)) from None
+    zipped = shutil.make_archive(str(work / "adapted-model"), "zip", work / "model")
+    measured = "" if s.get("accuracy_after") is None else \
+        f" Held-out accuracy on {s['held_out']} of your cells: {s['accuracy_before']:.2f} before, " \
+        f"{s['accuracy_after']:.2f} after."
+    summary = f"{s['cells']} reviewed cells, {s['replayed']} of its own images replayed"
+    new_state = {"dir": str(work), "model": str(work / "model"), "summary": summary}
+    models.drop(model_state)
+    note = (f"Adapted on {summary}.{measured} This session now uses the adapted model; download it below "
+            "(a model folder for `--model`).")
+    return zipped, note, new_state, banner(models, new_state)
+
+
+def use_bundled(models: SessionModels, model_state: Optional[dict]):
+    """Switch the session back to the bundled model -> (note, empty state, banner)."""
+    models.drop(model_state)
+    return "Switched back to the bundled model.", {}, banner(models, {})

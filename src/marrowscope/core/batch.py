@@ -1,0 +1,149 @@
+"""Batch prediction: classify many files, one row per image, the differential count, their CSVs.
+
+Shared by ``marrowscope predict`` and the app's batch view, so both count cells the same way.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+from marrowscope.core.csvfiles import write_csv
+from marrowscope.core.errors import Unreadable
+from marrowscope.core.images import collect_images
+from marrowscope.core.policy import DECISIONS, Policy
+from marrowscope.core.predict import Predictor, Result
+
+UNUSUAL_WARNING = ("these images look unlike the images the model learnt from (another lab, stain, scanner or "
+                   "magnification?): results may be wrong.")
+
+
+def blur_cell(blur: Optional[float]) -> str:
+    """The focus blur for the CSVs of predict and evaluate: px, 0 when the image was left alone, empty
+    where the model folder has no focus settings."""
+    return "" if blur is None else f"{blur:.2f}"
+
+
+@dataclass
+class BatchResult:
+    classes: list[str]
+    top_k: int = 3
+    policy: Policy = field(default_factory=Policy)
+    unusual_above: Optional[float] = None  # the model folder's domain-check threshold, if it has one
+    rows: list[dict] = field(default_factory=list)
+
+    @classmethod
+    def for_predictor(cls, predictor: Predictor, top_k: int = 3) -> "BatchResult":
+        """An empty result with the predictor's classes, review policy and domain-check threshold."""
+        return cls(list(predictor.classes), top_k, predictor.policy, predictor.unusual_above)
+
+    @property
+    def unusual(self) -> list[dict]:
+        return [r for r in self.rows if r.get("unusual") == "yes"]
+
+    @property
+    def errors(self) -> list[dict]:
+        return [r for r in self.rows if r["status"] != "ok"]
+
+    @property
+    def classified(self) -> list[dict]:
+        return [r for r in self.rows if r["status"] == "ok"]
+
+    @property
+    def counts(self) -> list[dict]:
+        return differential_count([r["predicted"] for r in self.classified], self.classes)
+
+    @property
+    def decision_counts(self) -> dict[str, int]:
+        """Cells per decision: accepted, review, possible-blast (zeros included)."""
+        return {d: sum(1 for r in self.classified if r["decision"] == d) for d in DECISIONS}
+
+    def add(self, result: Result, name: Optional[str] = None) -> dict:
+        """One row for a prediction or an unreadable file; ``name`` replaces the source as shown."""
+        name = result.source if name is None else name
+        if isinstance(result, Unreadable):
+            row = {"file": name, "status": "error", "predicted": "", "probability": "", "decision": "",
+                   "review": "", "error": result.reason}
+        else:
+            row = {"file": name, "status": "ok", "predicted": result.call, "probability": round(result.probability, 4),
+                   "decision": result.decision, "set": "" if result.set is None else "|".join(result.set),
+                   "review": "yes" if result.decision != "accepted" else "", "error": "",
+                   "scale": str(result.scale or ""), "focus_blur_px": blur_cell(result.blur_px)}
+            for i, (label, p) in enumerate(result.top_k(self.classes, self.top_k), 1):
+                row[f"top{i}"], row[f"p{i}"] = label, round(p, 4)
+            if result.unusual is not None:  # None: no domain check
+                row["domain_score"] = round(result.domain_score, 3)
+                row["unusual"] = "yes" if result.unusual else "no"
+        self.rows.append(row)
+        return row
+
+    def columns(self) -> list[str]:
+        tops = [c for i in range(1, self.top_k + 1) for c in (f"top{i}", f"p{i}")]
+        return ["file", "status", "predicted", "probability", *tops, "decision", "set", "review", "domain_score",
+                "unusual", "scale", "focus_blur_px", "error"]
+
+    def write(self, out_csv: str | Path) -> tuple[Path, Path]:
+        """``out_csv`` (one row per image) and ``<stem>_counts.csv`` (the differential count)."""
+        out_csv = write_csv(out_csv, self.columns(), self.rows)
+        counts_csv = write_csv(out_csv.with_name(out_csv.stem + "_counts.csv"), ["class", "cells", "percent"],
+                               self.counts)
+        return out_csv, counts_csv
+
+    def summary(self) -> str:
+        lines = [f"differential count of {len(self.classified)} classified cell(s):"]
+        lines += [f"  {c['class']:<5}{c['cells']:>7}{c['percent']:>7.1f} %" for c in self.counts]
+        lines.append("decisions: " + ", ".join(f"{n} {d}" for d, n in self.decision_counts.items()) +
+                     f" ({self.policy.describe()})")
+        if self.unusual:
+            lines.append(f"{len(self.unusual)} of {len(self.classified)} image(s): {UNUSUAL_WARNING}")
+        if self.errors:
+            lines.append(f"{len(self.errors)} file(s) could not be read:")
+            lines += [f"  {r['file']}: {r['error']}" for r in self.errors]
+        return "\n".join(lines)
+
+
+def predict_files(predictor: Predictor, files: Sequence[Path], *, batch_size: int = 32,
+                  launch: Optional[dict] = None) -> Optional[Iterable[Result]]:
+    """Results for ``files`` here, or shared out over Lightning DDP ranks with ``launch`` (``devices``,
+    ``num_nodes``, ``accelerator``): then global rank 0 gets them all, in input order, and the other
+    ranks get None."""
+    if not launch:
+        return predictor.predict_many(files, batch_size=batch_size)
+    # Lightning is imported only when ranks are launched: one process needs none of it
+    from marrowscope.core.distributed import predict_distributed
+
+    return predict_distributed(predictor, files, batch_size=batch_size, **launch)
+
+
+def run_batch(predictor: Predictor, paths: Sequence[str | Path], out_csv: Optional[str | Path] = None,
+              top_k: int = 3, batch_size: int = 32, progress: bool = False,
+              launch: Optional[dict] = None) -> Optional[BatchResult]:
+    """Classify files and folders (recursive); unreadable files are reported, the rest classified.
+
+    With ``launch`` (``devices``, ``num_nodes``, ``accelerator``) the files are shared out over
+    Lightning DDP ranks; the result (and the CSV) comes from global rank 0, other ranks get None.
+    """
+    files, missing = collect_images(paths)
+    stream = predict_files(predictor, files, batch_size=batch_size, launch=launch)
+    if stream is None:
+        return None
+    if progress and len(files) > batch_size and not launch:
+        from tqdm import tqdm
+
+        stream = tqdm(stream, total=len(files), unit="img", desc="classifying")
+    result = BatchResult.for_predictor(predictor, top_k)
+    for item in [*missing, *stream]:
+        result.add(item)
+    if out_csv:
+        result.write(out_csv)
+    return result
+
+
+def differential_count(labels: Iterable[str], classes: Sequence[str]) -> list[dict]:
+    """Cells per class and percent of classified cells, in class order, zeros included."""
+    counts = Counter(labels)
+    total = sum(counts[c] for c in classes)
+    return [{"class": c, "cells": counts[c], "percent": round(100 * counts[c] / total, 1) if total else 0.0}
+            for c in classes]

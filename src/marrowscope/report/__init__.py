@@ -1,0 +1,1 @@
+"""Evaluation, plots and explanations of a model folder's predictions."""
