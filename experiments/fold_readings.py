@@ -23,7 +23,7 @@ import numpy as np
 from marrowscope.core.artifacts import CONFIG, resolve_model_dir, write_settings
 from marrowscope.core.data import default_data_dir
 from marrowscope.core.predict import Predictor
-from marrowscope.fit.export import export_int8, export_onnx, int8_calibration_images
+from marrowscope.fit.export import export_int8, export_onnx, int8_images
 
 
 def main() -> None:
@@ -49,7 +49,7 @@ def main() -> None:
             if a.backend != "torch":
                 export_onnx(model)
             if a.backend == "onnx-int8":
-                export_int8(model, int8_calibration_images(model, 200, str(root)))
+                export_int8(model, int8_images(model, 200, str(root)), int8_images(model, 200, str(root), train=False))
             p = Predictor(model, backend=a.backend)
             if a.zoom and not p.info.scale:
                 ap.error(f"--zoom needs a training scale, and fold {k}'s model (or --like) records none.")

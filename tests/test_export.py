@@ -5,9 +5,10 @@ import shutil
 import numpy as np
 import pytest
 
+from marrowscope.core.artifacts import read_model_info
 from marrowscope.core.errors import MarrowscopeError
 from marrowscope.core.predict import Predictor
-from marrowscope.fit.export import export_int8, export_onnx
+from marrowscope.fit.export import INT8_MAX_PROB_DIFF, INT8_MIN_AGREEMENT, export_int8, export_onnx
 from tests.conftest import synthetic_cell
 
 
@@ -33,19 +34,38 @@ def test_onnx_agrees_with_torch_and_is_the_default(onnx_model):
     assert np.abs(a - b).max() < 1e-4
 
 
+CALIBRATION = [synthetic_cell(k % 7, 100 + k) for k in range(28)]
+CHECK = [synthetic_cell(k % 7, 300 + k) for k in range(14)]
+
+
 def test_int8_needs_onnx_and_images(tiny_model, tmp_path):
     model = shutil.copytree(tiny_model, tmp_path / "m")
     with pytest.raises(MarrowscopeError, match="export-onnx"):
-        export_int8(model, [synthetic_cell(0, 0)])
+        export_int8(model, CALIBRATION, CHECK)
 
 
-def test_int8_model_runs_and_mostly_agrees(onnx_model):
-    calib = [synthetic_cell(k % 7, 100 + k) for k in range(28)]
-    path = export_int8(onnx_model, calib)
-    assert path.stat().st_size < (onnx_model / "model.onnx").stat().st_size
-    q, f = Predictor(onnx_model, backend="onnx-int8"), Predictor(onnx_model, backend="onnx")
-    assert Predictor(onnx_model).backend == "onnx-int8"  # auto: the fastest file present
-    images = [synthetic_cell(k % 7, 200 + k) for k in range(14)]
-    pq = np.stack([list(dict(sorted(q.predict(im).items())).values()) for im in images])
-    pf = np.stack([list(dict(sorted(f.predict(im).items())).values()) for im in images])
-    assert np.abs(pq - pf).max() < 0.15 and (pq.argmax(1) == pf.argmax(1)).mean() >= 0.8
+def test_int8_is_written_only_when_it_agrees_with_fp32_and_the_check_is_recorded(onnx_model, tmp_path):
+    model = shutil.copytree(onnx_model, tmp_path / "m")
+    path, checked = export_int8(model, CALIBRATION, CHECK)
+    assert path.stat().st_size < (model / "model.onnx").stat().st_size
+    assert read_model_info(model).extra["int8"] == checked and checked["check_images"] == len(CHECK)
+    assert checked["max_prob_diff"] <= INT8_MAX_PROB_DIFF and checked["top1_agreement"] >= INT8_MIN_AGREEMENT
+    assert Predictor(model).backend == "onnx-int8"  # auto: the fastest file present, and checked
+    q, f = Predictor(model, backend="onnx-int8"), Predictor(model, backend="onnx")
+    images = [synthetic_cell(k % 7, 200 + k) for k in range(14)]  # neither calibrated nor checked on
+    pq = np.stack([q.predict_one(im).probs for im in images])
+    pf = np.stack([f.predict_one(im).probs for im in images])
+    assert np.abs(pq - pf).max() < 2 * INT8_MAX_PROB_DIFF and (pq.argmax(1) == pf.argmax(1)).mean() >= 0.8
+    export_onnx(model, CHECK[:2])  # a new fp32 file: the INT8 one made from the old one goes, and its record
+    assert not path.exists() and not read_model_info(model).extra.get("int8")
+
+
+def test_int8_that_disagrees_is_refused_and_an_unchecked_file_is_never_picked(onnx_model, tmp_path):
+    model = shutil.copytree(onnx_model, tmp_path / "m")
+    with pytest.raises(MarrowscopeError, match="disagrees with fp32.*not written"):
+        export_int8(model, CALIBRATION, CHECK, max_diff=0.0)
+    assert not (model / "model.int8.onnx").exists() and not read_model_info(model).extra.get("int8")
+    assert Predictor(model).backend == "onnx"
+    written, _ = export_int8(shutil.copytree(onnx_model, tmp_path / "other"), CALIBRATION, CHECK)
+    shutil.copy(written, model / "model.int8.onnx")  # there, but not checked where this folder was made
+    assert Predictor(model).backend == "onnx" and Predictor(model, backend="onnx-int8").backend == "onnx-int8"

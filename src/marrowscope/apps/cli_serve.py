@@ -33,15 +33,18 @@ def add_export_onnx(sub) -> None:
     model_flag(s)
     s.add_argument("--images", nargs="*", default=None, help="images or folders to check on "
                    "(default: one per class from ../shared/data/bone-marrow-7 if present, else random input)")
-    s.add_argument("--int8", action="store_true", help="also write model.int8.onnx (static INT8, ONNX Runtime)")
+    s.add_argument("--int8", action="store_true", help="also write model.int8.onnx (static INT8, ONNX Runtime), if it agrees with fp32 on real images on this "
+                   "machine")
     s.add_argument("--calibration-images", type=int, default=200, help="training images for INT8 calibration")
+    s.add_argument("--check-images", type=int, default=200, help="other images of the model's manifest the INT8 "
+                   "model must agree with fp32 on, or it is not written")
     s.add_argument("--data-root", default=None, help="folder the model manifest's paths start from")
     s.set_defaults(func=cmd_export_onnx)
 
 
 def cmd_export_onnx(a) -> None:
     from marrowscope.core.artifacts import resolve_model_dir
-    from marrowscope.fit.export import check_images, export_int8, export_onnx, int8_calibration_images
+    from marrowscope.fit.export import check_images, export_int8, export_onnx, int8_images
 
     take_old_model(a, list(a.paths), leading=True)
     model_dir, images = resolve_model_dir(a.model), check_images(a.images)
@@ -49,9 +52,13 @@ def cmd_export_onnx(a) -> None:
     print(f"wrote {path}; largest probability difference to PyTorch on "
           f"{len(images) or 'random'} {'real ' if images else ''}input(s): {diff:.2e}")
     if a.int8:
-        train = int8_calibration_images(model_dir, a.calibration_images, a.data_root)
-        print(f"wrote {export_int8(model_dir, train)}, calibrated on {len(train)} training images; compare "
-              "`evaluate --backend onnx-int8` with `--backend onnx` on the test split before shipping it")
+        train = int8_images(model_dir, a.calibration_images, a.data_root)
+        check = int8_images(model_dir, a.check_images, a.data_root, train=False)
+        path, c = export_int8(model_dir, train, check)
+        print(f"wrote {path} ({c['format']}), calibrated on {len(train)} training images; against fp32 on "
+              f"{len(check)} other images: probabilities at most {c['max_prob_diff']:.3f} apart, the same top "
+              f"class for {c['top1_agreement']:.1%}. `--backend auto` now uses it; compare `evaluate --backend "
+              "onnx-int8` with `--backend onnx` before shipping it")
 
 
 def add_export_space(sub) -> None:

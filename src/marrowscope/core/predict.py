@@ -185,8 +185,10 @@ class Predictor:
         return Predictor(model_dir or self.model_dir, **{**self.settings, **changes})
 
     def _choose_backend(self, backend: str) -> str:
-        if backend == "auto":  # the fastest that is there: INT8 (shipped only if accuracy held), fp32, PyTorch
-            backend = next((b for b in ("onnx-int8", "onnx") if (self.model_dir / ONNX_FILES[b]).is_file()), "torch")
+        if backend == "auto":  # the fastest that is there: INT8 (where its export checked it), fp32, PyTorch
+            # an INT8 file whose agreement with fp32 was not checked where it was made is never picked on its own
+            checked = [b for b in ("onnx-int8", "onnx") if b == "onnx" or self.info.extra.get("int8")]
+            backend = next((b for b in checked if (self.model_dir / ONNX_FILES[b]).is_file()), "torch")
             return backend if backend == "torch" or find_spec("onnxruntime") else "torch"
         if backend in ONNX_FILES and not (self.model_dir / ONNX_FILES[backend]).is_file():
             raise MarrowscopeError(f"--backend {backend}: '{self.model_dir / ONNX_FILES[backend]}' is missing; run "

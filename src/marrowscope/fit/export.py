@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from marrowscope.core.artifacts import load_model_folder, resolve_model_dir
+from marrowscope.core.artifacts import load_model_folder, resolve_model_dir, write_settings
 from marrowscope.core.classes import CLASSES
 from marrowscope.core.data import default_data_dir
 from marrowscope.core.errors import MarrowscopeError
@@ -60,6 +60,10 @@ def export_onnx(model_dir: str | Path, images: Sequence[ImageSource] = (), opset
                                "not written.")
     out = model_dir / "model.onnx"
     tmp.replace(out)
+    # an INT8 model made from the previous file no longer matches it
+    (model_dir / "model.int8.onnx").unlink(missing_ok=True)
+    if info.extra.get("int8"):
+        write_settings(model_dir, int8=None)
     return out, diff
 
 
@@ -166,33 +170,87 @@ def check_images(paths: Optional[Sequence[str | Path]], limit: int = 64) -> list
     return images[:limit]
 
 
-def int8_calibration_images(model_dir: Path, n: int, data_root: Optional[str] = None) -> list[Path]:
-    """``n`` training images of the model's manifest, spread over it (never validation or test)."""
+def int8_images(model_dir: Path, n: int, data_root: Optional[str] = None, train: bool = True) -> list[Path]:
+    """``n`` images of the model's manifest, spread over it: training images (to calibrate INT8 on), or with
+    ``train`` False the others (to check it on images the calibration did not see)."""
     manifest = model_dir / "manifest.csv"
-    train = [s.path for s in read_manifest(manifest, data_root) if s.split == "train"] if manifest.is_file() else []
-    if not train:
-        raise MarrowscopeError(f"--int8 calibrates on the training images of '{manifest}', which has none.")
-    return train[:: max(1, len(train) // n)][:n]
+    rows = read_manifest(manifest, data_root) if manifest.is_file() else []
+    found = [s.path for s in rows if (s.split == "train") == train]
+    if not found:
+        raise MarrowscopeError(f"--int8 needs {'training' if train else 'validation or test'} images in "
+                               f"'{manifest}', which has none.")
+    return found[:: max(1, len(found) // n)][:n]
 
 
-def export_int8(model_dir: str | Path, calibration: Sequence[ImageSource], name: str = "model.int8.onnx") -> Path:
-    """Static INT8 quantisation of ``model.onnx`` with ONNX Runtime (QDQ, per-channel weights),
-    its activation ranges calibrated on ``calibration`` images (training images, never test).
+# Static INT8 layouts (activations, weights, reduce_range). ONNX Runtime runs u8s8 on x86-64 CPUs
+# without VNNI through an instruction whose 16-bit sums can saturate: on one such CPU the test model's
+# INT8 probabilities were 0.33 away from fp32 (ORT's quantisation guide names the fixes: reduce_range,
+# or u8u8). Measured on this project's 2-core AMD EPYC (AVX-512, no VNNI; experiments/int8_formats.py,
+# the bundled model, 100 calibration and 100 check images): u8s8 0.064 and s8s8 0.059 largest
+# probability difference, the same top class for all; u8s8-reduced 0.229 and 97%; u8u8 0.098 and 99% but
+# about 9x slower than fp32 (no fast kernel), so it is not tried. Each export tries the layouts in
+# this order on the machine that runs it and keeps the first that agrees with fp32.
+INT8_FORMATS = {"u8s8": ("QUInt8", "QInt8", False), "s8s8": ("QInt8", "QInt8", False),
+                "u8s8-reduced": ("QUInt8", "QInt8", True), "u8u8": ("QUInt8", "QUInt8", False)}
+INT8_TRIED = ("u8s8", "s8s8", "u8s8-reduced")
+# how close the INT8 model must stay to fp32 on the check images to be written
+INT8_MAX_PROB_DIFF, INT8_MIN_AGREEMENT = 0.1, 0.95
 
-    Whether to ship it is a measurement: compare ``evaluate --backend onnx-int8`` with
-    ``--backend onnx`` on the test split.
+
+def export_int8(model_dir: str | Path, calibration: Sequence[ImageSource], check: Sequence[ImageSource],
+                formats: Sequence[str] = INT8_TRIED, max_diff: float = INT8_MAX_PROB_DIFF,
+                min_agreement: float = INT8_MIN_AGREEMENT, name: str = "model.int8.onnx") -> tuple[Path, dict]:
+    """Static INT8 quantisation of ``model.onnx`` with ONNX Runtime (QDQ, per-channel weights), its
+    activation ranges calibrated on ``calibration`` images (training images, never test), then compared
+    with fp32 on the ``check`` images (not the calibration ones). The layouts ``formats`` (of
+    :data:`INT8_FORMATS`) are tried in order; the first whose probabilities all stay within ``max_diff``
+    of fp32, with at least ``min_agreement`` of the images keeping their most probable class, is written
+    and its check recorded in the folder (which is what lets ``Predictor`` pick it on its own). When none
+    holds, nothing is written and the error says what was measured.
+
+    Returns:
+        the INT8 path and the check's figures.
     """
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
     model_dir = Path(model_dir)
     fp32 = model_dir / "model.onnx"
     if not fp32.is_file():
-        raise MarrowscopeError(f"'{fp32}' is missing; run `marrowscope export-onnx {model_dir}` first.")
+        raise MarrowscopeError(f"'{fp32}' is missing; run `marrowscope export-onnx --model {model_dir}` first.")
     if not calibration:
         raise MarrowscopeError("INT8 calibration needs images (training images of the model's manifest).")
-    _, info = load_model_folder(model_dir)
-    preprocess = Preprocess.for_model(info)
+    if not check:
+        raise MarrowscopeError("the INT8 model is checked against fp32 on real images; none were given.")
+    unknown = [f for f in formats if f not in INT8_FORMATS]
+    if unknown or not formats:
+        raise MarrowscopeError(f"unknown INT8 layout {unknown}; choose from {', '.join(INT8_FORMATS)}.")
+    preprocess = Preprocess.for_model(load_model_folder(model_dir)[1])
+    x = np.stack([preprocess(decode_image(src))[0].numpy() for src in check])
+    reference = _onnx_probs(fp32, x)
+    tmp, tried = model_dir / (name + ".tmp"), []
+    try:
+        for fmt in formats:
+            _quantize(fp32, tmp, calibration, preprocess, *INT8_FORMATS[fmt])
+            probs = _onnx_probs(tmp, x)
+            diff = float(np.abs(probs - reference).max())
+            agreement = float((probs.argmax(1) == reference.argmax(1)).mean())
+            tried.append(f"{fmt}: {diff:.2f} apart, the same top class for {agreement:.0%}")
+            if diff <= max_diff and agreement >= min_agreement:
+                checked = {"format": fmt, "check_images": len(check), "max_prob_diff": round(diff, 4),
+                           "top1_agreement": round(agreement, 4), "calibration_images": len(calibration)}
+                out = model_dir / name
+                tmp.replace(out)
+                write_settings(model_dir, int8=checked)
+                return out, checked
+    finally:
+        tmp.unlink(missing_ok=True)
+    raise MarrowscopeError(f"the INT8 model disagrees with fp32 on {len(check)} real images on this machine "
+                           f"({'; '.join(tried)}; allowed: {max_diff} apart and the same top class for "
+                           f"{min_agreement:.0%}); not written. The fp32 model.onnx is unchanged and is what runs.")
+
+
+def _quantize(fp32: Path, out: Path, calibration: Sequence[ImageSource], preprocess: Preprocess, activations: str,
+              weights: str, reduce_range: bool) -> None:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -203,15 +261,18 @@ def export_int8(model_dir: str | Path, calibration: Sequence[ImageSource], name:
                 return {"image": preprocess(decode_image(src))[0].unsqueeze(0).numpy()}
             return None
 
-    pre = model_dir / "model.pre.onnx.tmp"
-    tmp = model_dir / (name + ".tmp")
+    pre = out.with_name(out.name + ".pre")
     try:
         quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
-        quantize_static(str(pre), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-        out = model_dir / name
-        tmp.replace(out)
+        quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=getattr(QuantType, activations), weight_type=getattr(QuantType, weights),
+                        reduce_range=reduce_range)
     finally:
-        for p in (pre, tmp):
-            p.unlink(missing_ok=True)
-    return out
+        pre.unlink(missing_ok=True)
+
+
+def _onnx_probs(path: Path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return probs_from_logits(s.run(None, {s.get_inputs()[0].name: x})[0][None])
