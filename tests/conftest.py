@@ -64,6 +64,14 @@ def tiny_model(tiny_run) -> Path:
     return tiny_run / "model"
 
 
+@pytest.fixture(scope="session")
+def predictor(tiny_model):
+    """The tiny model's predictor (PyTorch backend), shared by the tests that only read from it."""
+    from marrowscope.core.predict import Predictor
+
+    return Predictor(tiny_model, backend="torch")
+
+
 @pytest.fixture
 def real_data() -> Path:
     if not (REAL_DATA / "BLA").is_dir():

@@ -16,13 +16,7 @@ from PIL import Image
 from marrowscope.apps.app import batch, build_demo, classify, review_export
 from marrowscope.apps.views import data_views, model_views
 from marrowscope.core.classes import CLASSES
-from marrowscope.core.predict import Predictor
 from tests.conftest import synthetic_cell
-
-
-@pytest.fixture(scope="module")
-def predictor(tiny_model):
-    return Predictor(tiny_model, backend="torch")
 
 
 @pytest.fixture(scope="module")

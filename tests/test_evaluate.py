@@ -8,14 +8,8 @@ import pytest
 
 from marrowscope.apps.cli import main
 from marrowscope.core.errors import MarrowscopeError
-from marrowscope.core.predict import Predictor
 from marrowscope.report.evaluate import compute_metrics, evaluate, expected_calibration_error, reliability_bins
 from tests.conftest import make_dataset
-
-
-@pytest.fixture(scope="module")
-def predictor(tiny_model):
-    return Predictor(tiny_model, backend="torch")
 
 
 def test_metrics_on_known_predictions():

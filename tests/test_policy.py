@@ -226,7 +226,8 @@ def test_every_writer_uses_the_weighted_call(tmp_path, tiny_run):
     for r in rows:  # the probability shown is the called class's, not the top one's
         tops = {r[f"top{i}"]: float(r[f"p{i}"]) for i in (1, 2, 3)}
         assert "BLA" not in tops or float(r["probability"]) == tops["BLA"]
-    counts = {r["class"]: int(r["cells"]) for r in csv.DictReader(open(tmp_path / "p_counts.csv"))}
+    counts = {r["name"]: int(r["cells"]) for r in csv.DictReader(open(tmp_path / "p_counts.csv"))
+              if r["count"] == "all cells"}
     assert counts["BLA"] == 6
     assert main(["evaluate", "--model", str(model), str(tiny_run / "manifest.csv"), "--split", "test",
                  "--out", str(tmp_path / "ev")]) == 0

@@ -9,11 +9,6 @@ from marrowscope.core.predict import Predictor
 from tests.conftest import synthetic_cell
 
 
-@pytest.fixture(scope="module")
-def predictor(tiny_model):
-    return Predictor(tiny_model, backend="torch")
-
-
 def test_predict_one_image_descending_probabilities(predictor):
     probs = predictor.predict(synthetic_cell(0, 1))
     values = list(probs.values())

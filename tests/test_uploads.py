@@ -4,8 +4,6 @@ and nothing written outside the batch's own folder."""
 import io
 import zipfile
 
-import pytest
-
 from marrowscope.core import uploads
 from marrowscope.core.uploads import expand_uploads
 from tests.conftest import synthetic_cell
@@ -85,13 +83,6 @@ def test_not_a_zip_is_a_sentence(tmp_path):
     z.write_bytes(b"PK\x03\x04 not really")
     got = expand_uploads([z], tmp_path)
     assert got.files == [] and "not a readable zip" in got.problems[0].reason
-
-
-@pytest.fixture(scope="module")
-def predictor(tiny_model):
-    from marrowscope.core.predict import Predictor
-
-    return Predictor(tiny_model, backend="torch")
 
 
 def test_app_batch_with_hostile_zip_classifies_the_rest(predictor, tmp_path):

@@ -75,7 +75,8 @@ def adapt_to_review(models: SessionModels, archive: Path, model_state: Optional[
     zipped = shutil.make_archive(str(work / "adapted-model"), "zip", work / "model")
     measured = "" if s.get("accuracy_after") is None else \
         f" Held-out accuracy on {s['held_out']} of your cells: {s['accuracy_before']:.2f} before, " \
-        f"{s['accuracy_after']:.2f} after."
+        f"{s['accuracy_after']:.2f} after (95% interval {s['interval_after'][0]:.2f}-{s['interval_after'][1]:.2f}: " \
+        f"one cell is {100 / s['held_out']:.0f} points)."
     summary = f"{s['cells']} reviewed cells, {s['replayed']} of its own images replayed"
     new_state = {"dir": str(work), "model": str(work / "model"), "summary": summary}
     models.drop(model_state)

@@ -136,10 +136,20 @@ def cmd_cv(a) -> None:
 
 
 # ---------------------------------------------------------------- evaluate, calibrate, predict
+CHECK_YOUR_LAB = """check the model on your lab before you rely on it:
+  put some of your labelled cells in class folders (BLA/, LYT/, ...: any subset of the classes) and run
+    marrowscope evaluate FOLDER --split all --out my-lab-report
+  then read, in the printed report: accuracy and macro-F1; the unusual share (images unlike the
+  training images); the accepted share and the accepted cells' accuracy; blasts predicted BLA or flagged.
+  adapt first (marrowscope adapt) when the accepted cells are under 95% correct, accuracy is under 0.85,
+  or most images are unusual: the model's promises were measured on cells like its training cells."""
+
+
 def _add_evaluate(sub) -> None:
     from marrowscope.core.data import SPLIT_CHOICES
 
-    s = sub.add_parser("evaluate", help="metrics on a split the model never trained on")
+    s = sub.add_parser("evaluate", help="metrics on a split the model never trained on, or on your lab's own cells",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=CHECK_YOUR_LAB)
     data_flags(s, "*")  # "*": the deprecated MODEL DATA form
     s.add_argument("--split", default="test", choices=SPLIT_CHOICES)
     s.add_argument("--out", required=True)
@@ -215,7 +225,10 @@ def cmd_calibrate(a) -> None:
 
 
 def _add_predict(sub) -> None:
-    s = sub.add_parser("predict", help="classify images and count cells per class")
+    from marrowscope.core.batch import columns_help
+
+    s = sub.add_parser("predict", help="classify images and count cells per class",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=columns_help())
     s.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
     s.add_argument("--out", default="predictions.csv")
     s.add_argument("--top-k", type=int, default=3)
@@ -241,13 +254,12 @@ def cmd_predict(a) -> None:
                        launch=launch_settings(a))
     if result is None:  # a DDP rank other than 0: rank 0 reports
         return
-    if result.unusual:
-        from marrowscope.core.batch import UNUSUAL_WARNING
-
-        print(f"warning: {len(result.unusual)} of {len(result.classified)} image(s): {UNUSUAL_WARNING}",
-              file=sys.stderr)
+    if result.warning():
+        print(result.warning(), file=sys.stderr)
     print(result.summary())
-    print(f"wrote {a.out} and its _counts.csv")
+    counts = Path(a.out).with_name(Path(a.out).stem + "_counts.csv")
+    print(f"wrote {a.out} (one row per image; `marrowscope predict --help` explains each column) and {counts} "
+          "(the differential counts and the decisions)")
 
 
 # ---------------------------------------------------------------- adapt
@@ -270,6 +282,32 @@ def _add_adapt(sub) -> None:
     s.set_defaults(func=cmd_adapt)
 
 
+def adapt_report(r: dict, out: str) -> str:
+    """What ``adapt`` did, in sentences: the cells it trained on and held out, the held-out accuracy with
+    its interval, and what changed in the new folder besides the weights."""
+    def per_class(counts: dict) -> str:
+        return ", ".join(f"{c} {n}" for c, n in sorted(counts.items())) or "none"
+
+    lines = [f"adapted {r['source']} into {out}:",
+             f"  trained on {r['cells']} cells of {r['data']} ({per_class(r['per_class'])}) and {r['replayed']} of "
+             "the source model's own training images (replayed so that it keeps what it knew)",
+             f"  held out {r['held_out']} cells to measure on, never trained on ({per_class(r['held_out_per_class'])})"]
+    if r.get("accuracy_after") is not None:
+        (lo0, hi0), (lo1, hi1) = r["interval_before"], r["interval_after"]
+        lines.append(f"  accuracy on the {r['held_out']} held-out cells: {r['accuracy_before']:.2f} before (95% "
+                     f"interval {lo0:.2f}-{hi0:.2f}), {r['accuracy_after']:.2f} after ({lo1:.2f}-{hi1:.2f}); one cell "
+                     f"is {100 / r['held_out']:.0f} points, so a change inside the intervals may be chance")
+    else:
+        lines.append("  no accuracy before/after: too few cells per class to hold any out (--holdout)")
+    if r.get("blast_weight_dropped"):
+        lines.append("  the blast weight was dropped: it was fitted on the source lab's blasts and does not hold for "
+                     "the new lab's cells; `marrowscope calibrate` on the lab's own labelled cells (blasts among "
+                     "them) fits a new one")
+    lines.append("  the domain check was refitted on both labs' cells, so this folder no longer flags the new lab's "
+                 "images as unusual; cells of a lab it has not seen still are")
+    return "\n".join(lines)
+
+
 def cmd_adapt(a) -> None:
     from marrowscope.fit.adapt import adapt
 
@@ -277,14 +315,25 @@ def cmd_adapt(a) -> None:
               workers=a.workers, data_root=a.data_root, **({} if a.mix is None else {"mix": a.mix}))
     for u in r["unreadable"]:
         print(f"skipped {u['path']}: {u['reason']}", file=sys.stderr)
-    print(f"adapted {r['source']} on {r['cells']} cells (+{r['replayed']} replayed) into {a.out}")
-    if r["held_out"]:
-        print(f"accuracy on {r['held_out']} held-out cells: {r['accuracy_before']:.3f} before, "
-              f"{r['accuracy_after']:.3f} after")
+    print(adapt_report(r, a.out))
 
 
 SUBCOMMANDS = (_add_prepare, _add_stats, _add_train, _add_cv, _add_adapt, _add_evaluate, _add_calibrate, _add_predict,
                add_app, add_export_onnx, add_export_space, add_fit_checks, add_choose_second_zoom, add_average_weights)
+
+
+def quiet_frameworks() -> None:
+    """At the default verbosity a lab user sees marrowscope's own lines only: Lightning's status lines and
+    tips (GPU available, eval-mode modules, package advertisements) and its advice meant for framework users
+    go; marrowscope's own warnings and every error stay. ``--verbose`` keeps them all."""
+    import logging
+    import warnings
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "lightning_fabric", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    for message in (".*val_dataloader.*", ".*does not have many workers.*", ".*log_every_n_steps.*",
+                    ".*Checkpoint directory .* exists and is not empty.*", ".*predict_dataloader.*"):
+        warnings.filterwarnings("ignore", message=message)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -293,11 +342,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     for add in SUBCOMMANDS:
         add(sub)
+    for s in sub.choices.values():
+        s.add_argument("--verbose", action="store_true", help="also show the frameworks' own messages and warnings")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.verbose:
+        quiet_frameworks()
     try:
         args.func(args)
     except MarrowscopeError as exc:

@@ -129,7 +129,8 @@ def read_model_info(path: str | Path) -> ModelInfo:
     """
     path = Path(path)
     if not path.is_dir():
-        raise MarrowscopeError(f"model folder '{path}' does not exist (expected a folder with {WEIGHTS} and {CONFIG}).")
+        raise MarrowscopeError(f"model folder '{path}' does not exist (looked in {path.resolve()}; expected a folder "
+                               f"with {WEIGHTS} and {CONFIG}).")
     for name in (CONFIG, WEIGHTS):
         if not (path / name).is_file():
             other = " (found pytorch_model.bin: marrowscope loads only safetensors, which cannot run code)" \
@@ -195,8 +196,9 @@ def resolve_model_dir(path: Optional[str | Path]) -> Path:
         path = Path(path)
         return path / "model" if (path / "model" / CONFIG).is_file() else path
     if not (DEFAULT_MODEL / CONFIG).is_file():
-        raise MarrowscopeError(f"no model named and the bundled default model is missing at '{DEFAULT_MODEL}'; "
-                               "pass a model folder written by `marrowscope train`.")
+        raise MarrowscopeError(f"no model named, and this installation has no bundled model (looked in "
+                               f"'{DEFAULT_MODEL}'; it ships in the source checkout's models/default): pass --model DIR "
+                               "or set MARROWSCOPE_MODEL to a model folder.")
     return DEFAULT_MODEL
 
 

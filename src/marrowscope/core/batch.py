@@ -20,6 +20,39 @@ UNUSUAL_WARNING = ("these images look unlike the images the model learnt from (a
                    "magnification?): results may be wrong.")
 
 
+# One line per column of predict's CSV, in plain words: `predict --help` and the README show them.
+COLUMNS = {
+    "file": "the image as given (a zip's member as ZIP/MEMBER)",
+    "status": "ok, or error when the file could not be read (then only file, status and error are filled)",
+    "predicted": "the call: the most probable cell type, except that a blast is called once its probability "
+                 "reaches 1/blast-weight of the leading one (in images like the training images: a missed blast "
+                 "costs most)",
+    "probability": "the calibrated probability (0-1) of the call",
+    "topN, pN": "the N-th most probable cell type and its probability (N = 1 to --top-k)",
+    "decision": "accepted: reliable at the model folder's accepted-cell accuracy, no one needs to look; "
+                "review: a person should look; possible-blast: not called a blast, but a blast cannot be ruled "
+                "out, a person must look",
+    "set": "the prediction set: the cell types that together hold the true one for 95% of cells like the "
+           "training cells, most probable first, |-separated; empty for an unusual image (the 95% does not hold "
+           "there) or a model folder without sets",
+    "domain_score": "how unlike the training images the image is (about 1 for images like them); empty without "
+                    "a domain check",
+    "unusual": "yes when domain_score is above the model folder's cut-off (printed with the summary): results "
+               "may be wrong, the image is read twice and gets no set; empty without a domain check",
+    "scale": "the pixel size the image was read at, and where it came from (its red cells, --pixel-size, or "
+             "assumed equal to the training images')",
+    "focus_blur_px": "the blur (px) given to an image crisper than the training images before classifying "
+                     "(0: left as it was); empty where the model folder has no focus settings",
+    "error": "why the file could not be read; empty otherwise",
+}
+COUNT_KINDS = ("all cells", "accepted cells", "decision")
+
+
+def columns_help() -> str:
+    """The CSV's columns, one line each, for ``predict --help``."""
+    return "columns of the CSV:\n" + "\n".join(f"  {name}: {text}" for name, text in COLUMNS.items())
+
+
 def blur_cell(blur: Optional[float]) -> str:
     """The focus blur for the CSVs of predict and evaluate: px, 0 when the image was left alone, empty
     where the model folder has no focus settings."""
@@ -65,11 +98,10 @@ class BatchResult:
         name = result.source if name is None else name
         if isinstance(result, Unreadable):
             row = {"file": name, "status": "error", "predicted": "", "probability": "", "decision": "",
-                   "review": "", "error": result.reason}
+                   "error": result.reason}
         else:
             row = {"file": name, "status": "ok", "predicted": result.call, "probability": round(result.probability, 4),
-                   "decision": result.decision, "set": "" if result.set is None else "|".join(result.set),
-                   "review": "yes" if result.decision != "accepted" else "", "error": "",
+                   "decision": result.decision, "set": "" if result.set is None else "|".join(result.set), "error": "",
                    "scale": str(result.scale or ""), "focus_blur_px": blur_cell(result.blur_px)}
             for i, (label, p) in enumerate(result.top_k(self.classes, self.top_k), 1):
                 row[f"top{i}"], row[f"p{i}"] = label, round(p, 4)
@@ -81,23 +113,50 @@ class BatchResult:
 
     def columns(self) -> list[str]:
         tops = [c for i in range(1, self.top_k + 1) for c in (f"top{i}", f"p{i}")]
-        return ["file", "status", "predicted", "probability", *tops, "decision", "set", "review", "domain_score",
-                "unusual", "scale", "focus_blur_px", "error"]
+        return ["file", "status", "predicted", "probability", *tops, "decision", "set", "domain_score", "unusual",
+                "scale", "focus_blur_px", "error"]
+
+    @property
+    def accepted_counts(self) -> list[dict]:
+        """The differential count of the accepted cells alone."""
+        return differential_count([r["predicted"] for r in self.classified if r["decision"] == "accepted"],
+                                  self.classes)
+
+    def count_rows(self) -> list[dict]:
+        """The counts file's rows: the differential count of all classified cells, then of the accepted
+        ones, then the cells per decision (percent of the classified cells)."""
+        n = len(self.classified)
+        return [*({"count": "all cells", "name": c["class"], "cells": c["cells"], "percent": c["percent"]}
+                  for c in self.counts),
+                *({"count": "accepted cells", "name": c["class"], "cells": c["cells"], "percent": c["percent"]}
+                  for c in self.accepted_counts),
+                *({"count": "decision", "name": d, "cells": k, "percent": round(100 * k / n, 1) if n else 0.0}
+                  for d, k in self.decision_counts.items())]
 
     def write(self, out_csv: str | Path) -> tuple[Path, Path]:
-        """``out_csv`` (one row per image) and ``<stem>_counts.csv`` (the differential count)."""
+        """``out_csv`` (one row per image) and ``<stem>_counts.csv``: the differential count of all cells and
+        of the accepted ones, and the cells per decision (``count`` says which, ``name`` the class or
+        decision)."""
         out_csv = write_csv(out_csv, self.columns(), self.rows)
-        counts_csv = write_csv(out_csv.with_name(out_csv.stem + "_counts.csv"), ["class", "cells", "percent"],
-                               self.counts)
+        counts_csv = write_csv(out_csv.with_name(out_csv.stem + "_counts.csv"), ["count", "name", "cells", "percent"],
+                               self.count_rows())
         return out_csv, counts_csv
 
+    def warning(self) -> Optional[str]:
+        """The one warning line for unusual images, or None."""
+        if not self.unusual:
+            return None
+        return (f"warning: {len(self.unusual)} of {len(self.classified)} image(s) are unusual (domain_score above "
+                f"{self.unusual_above:.2f}): {UNUSUAL_WARNING}")
+
     def summary(self) -> str:
-        lines = [f"differential count of {len(self.classified)} classified cell(s):"]
-        lines += [f"  {c['class']:<5}{c['cells']:>7}{c['percent']:>7.1f} %" for c in self.counts]
+        accepted = {c["class"]: c for c in self.accepted_counts}
+        lines = [f"differential count of {len(self.classified)} classified cell(s) "
+                 f"(and of the {self.decision_counts['accepted']} accepted):"]
+        lines += [f"  {c['class']:<5}{c['cells']:>7}{c['percent']:>7.1f} %   ({accepted[c['class']]['cells']:>5}"
+                  f"{accepted[c['class']]['percent']:>7.1f} %)" for c in self.counts]
         lines.append("decisions: " + ", ".join(f"{n} {d}" for d, n in self.decision_counts.items()) +
                      f" ({self.policy.describe()})")
-        if self.unusual:
-            lines.append(f"{len(self.unusual)} of {len(self.classified)} image(s): {UNUSUAL_WARNING}")
         if self.errors:
             lines.append(f"{len(self.errors)} file(s) could not be read:")
             lines += [f"  {r['file']}: {r['error']}" for r in self.errors]
@@ -139,6 +198,23 @@ def run_batch(predictor: Predictor, paths: Sequence[str | Path], out_csv: Option
     if out_csv:
         result.write(out_csv)
     return result
+
+
+def classify(paths: Sequence[str | Path], model: Optional[str | Path] = None, *, top_k: int = 3, batch_size: int = 32,
+             **settings) -> list[dict]:
+    """Classify image files and folders (recursive) with a model folder (default: the bundled one): one
+    dict per image with the columns of ``marrowscope predict``'s CSV (:data:`COLUMNS`), in input order; an
+    unreadable file gets ``status`` "error" and its reason. ``settings``: :class:`Predictor`'s (``backend``,
+    ``tta``, ``pixel_size``, ``review_below``, ...).
+
+    Example::
+
+        import marrowscope
+        rows = marrowscope.classify(["cells/"])
+        rows[0]["predicted"], rows[0]["decision"], rows[0]["set"]
+    """
+    result = run_batch(Predictor(model, **settings), paths, top_k=top_k, batch_size=batch_size)
+    return [{c: row.get(c, "") for c in result.columns()} for row in result.rows]
 
 
 def differential_count(labels: Iterable[str], classes: Sequence[str]) -> list[dict]:

@@ -17,6 +17,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Optional
 
+from scipy.stats import binomtest
+
 from marrowscope.core.artifacts import (
     CONFIG,
     blend_weights,
@@ -139,14 +141,18 @@ def _fine_tune(model_dir: Path, cells: list[Sample], classes: list[str], data_co
     return net.eval().float(), ds.skipped
 
 
-def _accuracy(model_dir: Path, cells: list[Sample]) -> Optional[float]:
+def _accuracy(model_dir: Path, cells: list[Sample]) -> tuple[Optional[float], Optional[list[float]]]:
+    """The model folder's accuracy on ``cells`` and its 95% Wilson interval (None, None without cells): on
+    20 cells one cell is 5 points, so the interval says how much a change could be chance."""
     if not cells:
-        return None
-
+        return None, None
     p = Predictor(model_dir)
     got = [(r, s) for r, s in zip(p.predict_many([s.path for s in cells]), cells) if not isinstance(r, Unreadable)]
-    return sum(r.call == s.label for r, s in got) / \
-        max(1, len(got))
+    if not got:
+        return None, None
+    right = sum(r.call == s.label for r, s in got)
+    ci = binomtest(right, len(got)).proportion_ci(0.95, method="wilson")
+    return right / len(got), [round(ci.low, 4), round(ci.high, 4)]
 
 
 def adapt(data: str | Path, from_model: Optional[str | Path], out: str | Path, *, replay: Optional[str] = None,
@@ -175,8 +181,12 @@ def adapt(data: str | Path, from_model: Optional[str | Path], out: str | Path, *
             net.load_state_dict(blend_weights([net.state_dict(), start.state_dict()], [mix, 1 - mix]))
         counts = Counter(s.label for s in train)
         summary = {"source": source.name, "data": Path(data).name, "cells": len(train), "per_class": dict(counts),
-                   "replayed": len(replayed), "held_out": len(held), "epochs": epochs, "lr": lr, "seed": seed,
-                   "mix": mix, "unreadable": [u.as_dict() for u in [*skipped, *more]]}
+                   "replayed": len(replayed), "held_out": len(held),
+                   "held_out_per_class": dict(Counter(s.label for s in held)), "epochs": epochs, "lr": lr,
+                   "seed": seed, "mix": mix, "unreadable": [u.as_dict() for u in [*skipped, *more]],
+                   "blast_weight_dropped": bool(any(v.get("blast_weight", 1.0) != 1.0
+                                                    for v in (info.extra.get("policy") or {}).values())),
+                   "domain_refitted": True}
         extra = {**info.extra, "adapted": summary}
         extra.pop("domain", None)
         extra.pop("second_reading", None)  # its zoom was chosen for the source network; this one is another
@@ -187,7 +197,8 @@ def adapt(data: str | Path, from_model: Optional[str | Path], out: str | Path, *
             extra["policy"] = {k: {**v, "blast_weight": 1.0} for k, v in extra["policy"].items()}
         save_model_folder(net, out, info.classes, info.data_config, extra=extra, half=True)
         _refit_checks(out, [*train, *replayed], [*cells, *per_class(own, DOMAIN_PER_CLASS, seed)], seed)
-        summary["accuracy_before"], summary["accuracy_after"] = _accuracy(source, held), _accuracy(out, held)
+        summary["accuracy_before"], summary["interval_before"] = _accuracy(source, held)
+        summary["accuracy_after"], summary["interval_after"] = _accuracy(out, held)
     _write_card(source, out, summary)
     return summary
 
@@ -211,7 +222,8 @@ def _refit_checks(model_dir: Path, train: list[Sample], both_labs: list[Sample],
 def _write_card(source: Path, out: Path, s: dict) -> None:
     card = (source / "MODEL_CARD.md").read_text() if (source / "MODEL_CARD.md").is_file() else ""
     held = (f"On {s['held_out']} held-out cells of the new lab: accuracy {s['accuracy_before']:.3f} before, "
-            f"{s['accuracy_after']:.3f} after." if s["held_out"] else "No cells were held out (too few per class).")
+            f"{s['accuracy_after']:.3f} after." if s.get("accuracy_after") is not None else
+            "No cells were held out (too few per class).")
     section = (f"\n\n## Adapted from {s['source']} on {s['cells']} cells of {s['data']}\n"
                f"Fine-tuned {s['epochs']} epochs (lr {s['lr']}, seed {s['seed']}, lab augmentation) on "
                f"{s['cells']} labelled cells ({', '.join(f'{k} {v}' for k, v in sorted(s['per_class'].items()))}) "
