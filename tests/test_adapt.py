@@ -19,6 +19,7 @@ def _digest(folder):
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_adapts_on_a_subset_of_classes_into_a_new_folder(tiny_model, tmp_path):
     before = _digest(tiny_model)
     cells = make_dataset(tmp_path / "lab", per_class=6, classes=("EOS", "LYT"))
@@ -85,6 +86,7 @@ def test_bad_input_is_a_sentence_and_nothing_is_written(tiny_model, tmp_path, ca
         assert not out.exists()
 
 
+@pytest.mark.slow
 def test_reviewed_zip_from_the_app_adapts_as_it_is(tiny_model, tmp_path):
     members = [(f"{c}/{k:05d}_cell.png", _png(i * 10 + k)) for i, c in enumerate(("EOS", "NGS")) for k in range(3)]
     labels = "path,label,split,sha256\n" + "".join(f"{n},{n.split('/')[0]},train,\n" for n, _ in members)
@@ -93,6 +95,7 @@ def test_reviewed_zip_from_the_app_adapts_as_it_is(tiny_model, tmp_path):
     assert r["cells"] == 6 and r["held_out"] == 0  # 3 per class: too few to hold any out
 
 
+@pytest.mark.slow
 def test_mix_blends_the_fine_tuned_weights_with_the_source(tiny_model, tmp_path):
     import torch
 
@@ -116,6 +119,7 @@ def test_mix_blends_the_fine_tuned_weights_with_the_source(tiny_model, tmp_path)
         assert torch.allclose(nets[0.5][k], (nets[1.0][k] + source[k]) / 2, atol=2e-3)  # halfway
 
 
+@pytest.mark.slow
 def test_adapted_folder_keeps_the_thresholds_but_not_the_blast_weight_nor_the_second_reading(tiny_model, tmp_path):
     source = shutil.copytree(tiny_model, tmp_path / "model")
     policy = {"accept_threshold": 0.9, "blast_threshold": 0.05, "blast_weight": 3.0}
@@ -128,6 +132,7 @@ def test_adapted_folder_keeps_the_thresholds_but_not_the_blast_weight_nor_the_se
     assert read_model_info(tmp_path / "ours").second_zoom is None and read_model_info(source).second_zoom == 0.7
 
 
+@pytest.mark.slow
 def test_adapted_domain_check_does_not_flag_both_labs_images(tiny_run, tmp_path):
     """The refitted check's threshold comes from images outside its fit: from in-fit scores it had
     flagged nearly every image of either lab."""

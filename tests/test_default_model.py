@@ -1,7 +1,5 @@
 """The bundled default model: its labels, its ONNX twin, and real cells it must get right."""
 
-import json
-
 import pytest
 
 from marrowscope.core.artifacts import DEFAULT_MODEL, read_model_info
@@ -16,12 +14,6 @@ def test_config_lists_the_seven_classes_in_order():
     assert info.architecture == "tf_efficientnet_lite0"
     size = sum(p.stat().st_size for p in DEFAULT_MODEL.rglob("*") if p.is_file())
     assert size < 40 * 2**20
-
-
-def test_shipped_test_report_matches_the_bar():
-    m = json.loads((DEFAULT_MODEL / "test_report" / "metrics.json").read_text())
-    assert m["split"] == "test" and m["images"] == 525 and m["overlap_with_training"] == 0
-    assert m["macro_f1"] >= 0.85
 
 
 @pytest.mark.slow
@@ -43,7 +35,7 @@ def test_committed_files_hold_no_build_machine_paths():
 
     root = DEFAULT_MODEL.parents[1]
     files = [*DEFAULT_MODEL.glob("*.json"), *DEFAULT_MODEL.glob("*.csv"), *(DEFAULT_MODEL / "test_report").glob("*.*"),
-             *(root / "bench").glob("*.json")]
+             *(root / "docs" / "results").glob("*.json")]
     absolute = re.compile(r"(?<![\w.])/(work|root|home|tmp|Users)/")
     for f in files:
         if f.suffix in (".json", ".csv"):

@@ -39,6 +39,7 @@ def test_train_streams_shards_and_skips_an_unreadable_item(tmp_path, shards, cap
     assert f"skipped {broken.rel}" in capfd.readouterr().err
 
 
+@pytest.mark.slow
 def test_shards_of_another_format_or_other_classes_are_refused(tmp_path, shards):
     from marrowscope.fit.shards import read_meta
 

@@ -44,6 +44,7 @@ def _cfg(tmp_path, data, **kw):
     return TrainConfig(**{**base, **kw})
 
 
+@pytest.mark.slow
 def test_existing_run_is_not_overwritten_and_resume_needs_a_checkpoint(tmp_path):
     data = make_dataset(tmp_path / "cells", per_class=6)
     with pytest.raises(MarrowscopeError, match="no checkpoint"):
@@ -53,6 +54,7 @@ def test_existing_run_is_not_overwritten_and_resume_needs_a_checkpoint(tmp_path)
         fit(_cfg(tmp_path, data, epochs=2))
 
 
+@pytest.mark.slow
 def test_same_seed_same_metrics(tmp_path):
     data = make_dataset(tmp_path / "cells", per_class=6)
     runs = []
