@@ -2,10 +2,12 @@
 
 import csv
 import json
+import shutil
 
 import pytest
+import torch
 
-from marrowscope.core.artifacts import read_model_info
+from marrowscope.core.artifacts import read_model_info, write_settings
 from marrowscope.core.classes import CLASSES
 from marrowscope.core.config import TrainConfig
 from marrowscope.core.errors import MarrowscopeError
@@ -130,3 +132,30 @@ def test_epoch_log_counts_the_wait_between_steps_not_the_steps(monkeypatch, tmp_
     log.on_train_epoch_end(trainer, module)
     assert logged["data_wait_s"] == pytest.approx(1.5) and logged["seconds"] == pytest.approx(6.0)
     assert logged["images_per_s"] == pytest.approx(8 / 6)
+
+
+def test_validation_reads_images_through_the_preprocessing_the_folder_ships(tiny_model, tmp_path):
+    """The epoch kept is chosen on what predict runs: the training scale and focus matching, then the eval
+    transform; not on the bare eval transform."""
+    from marrowscope.core.data import load_samples
+    from marrowscope.core.images import decode_image
+    from marrowscope.core.predict import Predictor
+    from marrowscope.core.preprocess import eval_transform
+    from marrowscope.fit.train import run_datasets
+
+    data = make_dataset(tmp_path / "cells", per_class=4)
+    cfg = _cfg(tmp_path, data)
+    samples, _ = load_samples(data, CLASSES, val=0.5, test=0.0, seed=0)
+    model = shutil.copytree(tiny_model, tmp_path / "m")
+    shipped = {"scale": {"pixel_size_um": 0.1, "field_px": 40, "how": "set by the test"},
+               "focus": {"median": 0.001, "above": 0.002, "how": "set by the test"}}
+    write_settings(model, **shipped)
+    info = read_model_info(model)
+    _, val_ds = run_datasets(cfg, samples, info.data_config, shipped=shipped)
+    x, label = val_ds[0]
+    image = decode_image(val_ds.samples[0].path)
+    predictor = Predictor(model, backend="torch")
+    assert torch.equal(x, predictor.load(image)[0])  # the very tensor predict gives the network
+    assert not torch.equal(x, eval_transform(info.data_config)(image))  # which the bare eval transform is not
+    _, plain = run_datasets(cfg, samples, info.data_config)  # nothing measured: the folder ships none either
+    assert torch.equal(plain[0][0], eval_transform(info.data_config)(image))

@@ -93,6 +93,10 @@ class Preprocess:
         seen, scale, blur = self.view(image, pixel_size, zoom)
         return self.to_tensor(seen), scale, blur
 
+    def tensor(self, image):
+        """The network's input alone: what training's validation reads, through the path predict ships."""
+        return self(image)[0]
+
     def geometry(self, image, pixel_size: Optional[float] = None):
         """The pixels the network sees, as a PIL image (for drawing Grad-CAM over them)."""
         return self.view(image, pixel_size)[0]

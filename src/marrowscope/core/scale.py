@@ -15,6 +15,7 @@ first 100 images (20 per class), median 0.100 µm/px (5-95%: 0.090-0.109).
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -135,9 +136,6 @@ def _mirror_to(image: Image.Image, side: int) -> Image.Image:
 def measure(paths: Sequence) -> Optional[dict]:
     """The training scale of a model from its training images' whole red cells: pixel size, the
     usual side of the crops (the field), and how it was measured; None without any red cell."""
-    from collections import Counter
-
-
     diameters, with_cells, sides = [], 0, Counter()
     for path in paths:
         try:

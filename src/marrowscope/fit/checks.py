@@ -26,11 +26,26 @@ from marrowscope.core.preprocess import Preprocess
 FITS = ("scale", "focus", "domain")
 
 
+def _check_paths(samples: list) -> list:
+    """The images the checks are measured on: up to FIT_CHECK_IMAGES non-test images, the same draw each time."""
+    paths = [s.path for s in samples if s.split != "test"]
+    return random.Random(0).sample(paths, min(len(paths), FIT_CHECK_IMAGES))
+
+
+def preprocessing_settings(samples: list, data_config: dict) -> dict:
+    """The training scale and focus settings, measured on the non-test ``samples`` as :func:`fit_checks`
+    measures them: the preprocessing the model folder will ship. Neither depends on the network's weights,
+    so ``train`` measures them before training and validates every epoch through that preprocessing."""
+    paths = _check_paths(samples)
+    settings = {"scale": scale.measure(paths)}
+    settings["focus"] = measure_focus(Preprocess(data_config, settings["scale"]), paths)
+    return settings
+
+
 def fit_checks(model_dir: Path, samples: list, manifest: Path, data_root: Optional[str] = None,
                only: Sequence[str] = FITS) -> dict:
     """Fit ``only`` (in the order of FITS) on the non-test ``samples`` of ``manifest``; returns what was fitted."""
-    paths = [s.path for s in samples if s.split != "test"]
-    paths = random.Random(0).sample(paths, min(len(paths), FIT_CHECK_IMAGES))
+    paths = _check_paths(samples)
     done = {}
     if "scale" in only:
         done["scale"] = scale.measure(paths)  # None: no whole red cell, the folder stays without a scale
@@ -44,20 +59,24 @@ def fit_checks(model_dir: Path, samples: list, manifest: Path, data_root: Option
 
 
 def fit_focus(model_dir: Path, paths: Sequence) -> Optional[dict]:
-    """Measure a model folder's focus settings on its training images ``paths`` as its network sees
-    them (scale step, resize and crop; unreadable files skipped) and store them in its config.json;
-    returns them (None without any readable image)."""
-    preprocess = Preprocess.for_model(read_model_info(model_dir))
+    """Measure a model folder's focus settings on its training images ``paths`` (:func:`measure_focus`)
+    and store them in its config.json; returns them (None without any readable image)."""
+    settings = measure_focus(Preprocess.for_model(read_model_info(model_dir)), paths)
+    if settings:
+        write_settings(model_dir, focus=settings)
+    return settings
+
+
+def measure_focus(preprocess: Preprocess, paths: Sequence) -> Optional[dict]:
+    """Focus settings from the training images ``paths`` as the network sees them through ``preprocess``
+    (scale step, resize and crop; unreadable files skipped); None without any readable image."""
     views = []
     for path in paths:
         try:  # before focus matching: settings being replaced are not used to measure their replacement
             views.append(preprocess.to_input_size(decode_image(path))[0])
         except ImageDecodeError:
             continue
-    settings = focus.measure(views)
-    if settings:
-        write_settings(model_dir, focus=settings)
-    return settings
+    return focus.measure(views)
 
 
 def fit_domain(model_dir: Path, data: Path, data_root: Optional[str] = None) -> dict:

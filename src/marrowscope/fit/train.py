@@ -36,8 +36,8 @@ from marrowscope.core.data import count_table, format_skipped, format_table, loa
 from marrowscope.core.errors import MarrowscopeError
 from marrowscope.core.manifest import write_manifest
 from marrowscope.core.model import create_network
-from marrowscope.core.preprocess import eval_transform
-from marrowscope.fit.checks import fit_checks
+from marrowscope.core.preprocess import Preprocess, eval_transform
+from marrowscope.fit.checks import fit_checks, preprocessing_settings
 from marrowscope.fit.datasets import CellDataset, device_augmentation, loader_workers, make_loader, read_soft_targets
 from marrowscope.fit.module import CellClassifier
 from marrowscope.fit.shards import is_shards, read_meta, shard_dataset, shard_loader
@@ -130,12 +130,17 @@ RUNTIME_FIELDS = ("out", "accelerator", "devices", "num_nodes", "workers", "max_
 FIELD_PX = 250
 
 
-def run_datasets(cfg, samples: Optional[list], data_config: dict, raw: bool = False) -> list:
+def run_datasets(cfg, samples: Optional[list], data_config: dict, raw: bool = False,
+                 shipped: Optional[dict] = None) -> list:
     """The training (augmented, with soft targets when distilling) and validation datasets; with
     ``raw`` both hold uint8 fields, augmented later on the device; streamed from a shard folder when
-    ``samples`` is None."""
+    ``samples`` is None. Validation reads its images as ``predict`` will: through the scale and focus
+    settings ``shipped`` (:func:`~marrowscope.fit.checks.preprocessing_settings`), so the epoch kept is
+    chosen on what users run; without them (``--no-checks``, shards) the folder ships none either."""
     soft = read_soft_targets(cfg.distill, cfg.classes) if cfg.distill else None
-    transforms = {"train": train_transform(data_config, cfg.augment), "val": eval_transform(data_config)}
+    val = Preprocess(data_config, shipped.get("scale"), None, shipped.get("focus")).tensor if shipped else \
+        eval_transform(data_config)
+    transforms = {"train": train_transform(data_config, cfg.augment), "val": val}
     size = max(FIELD_PX, cfg.img_size) if raw else None
     if samples is None:  # a shard folder, streamed
         meta = read_meta(cfg.data, cfg.classes)
@@ -166,7 +171,9 @@ def fit(cfg: TrainConfig) -> Path:
                          drop_rate=cfg.drop_rate)
     data_config = data_config_for(net, cfg.img_size)
     device_augment = device_augmentation(cfg, data_config, _on_gpu(cfg))
-    train_ds, val_ds = run_datasets(cfg, samples, data_config, device_augment is not None)
+    # the preprocessing the model folder will ship, measured first so that validation goes through it
+    shipped = preprocessing_settings(samples, data_config) if cfg.checks and samples is not None else None
+    train_ds, val_ds = run_datasets(cfg, samples, data_config, device_augment is not None, shipped)
     module = CellClassifier(net, len(cfg.classes), lr=cfg.lr, weight_decay=cfg.weight_decay,
                             label_smoothing=cfg.label_smoothing, mixup=cfg.mixup,
                             distill=cfg.distill_weight if cfg.distill else 0.0, device_augment=device_augment)
@@ -195,7 +202,7 @@ def fit(cfg: TrainConfig) -> Path:
               file=sys.stderr)
     if not trainer.is_global_zero:
         return out / "model"
-    return _save_best(cfg, net, best_cb, data_config, samples, len(train_ds), len(val_ds))
+    return _save_best(cfg, net, best_cb, data_config, samples, len(train_ds), len(val_ds), shipped)
 
 
 def _relative(path, out: Path):
@@ -273,7 +280,7 @@ def _trainer(cfg: TrainConfig, callbacks: list, has_val: bool = True) -> L.Train
 
 
 def _save_best(cfg: TrainConfig, net, best_cb: ModelCheckpoint, data_config: dict, samples: Optional[list],
-               n_train: int, n_val: int) -> Path:
+               n_train: int, n_val: int, shipped: Optional[dict] = None) -> Path:
     """The best epoch's weights -> the model folder, with curves, history, config and manifest."""
     from marrowscope.report.plots import plot_history
 
@@ -290,7 +297,9 @@ def _save_best(cfg: TrainConfig, net, best_cb: ModelCheckpoint, data_config: dic
                                                       "label_smoothing", "mixup", "augment", "pretrained", "seed",
                                                       "keep", "distill_weight")},
              "distilled_from": Path(cfg.distill).name if cfg.distill else None,
-             "init_weights": Path(cfg.init_weights).name if cfg.init_weights else None}
+             "init_weights": Path(cfg.init_weights).name if cfg.init_weights else None,
+             # the preprocessing validation went through (none measured: the folder has none)
+             **{k: v for k, v in (shipped or {}).items() if v}}
     files = {n: out / n for n in ("history.csv", "curves.png", "config_train.json") if (out / n).exists()}
     if samples is not None:  # the model folder's own manifest, its paths relative to the model folder
         files["manifest.csv"] = write_manifest(samples, out / "manifest_model.csv.tmp", folder=out / "model")
@@ -298,8 +307,8 @@ def _save_best(cfg: TrainConfig, net, best_cb: ModelCheckpoint, data_config: dic
                                   files=files)
     if samples is not None:
         files["manifest.csv"].unlink()
-    if cfg.checks and samples is not None:
-        fit_checks(model_dir, samples, out / "manifest.csv", cfg.data_root)
+    if cfg.checks and samples is not None:  # the scale and focus were measured before training: the domain check
+        fit_checks(model_dir, samples, out / "manifest.csv", cfg.data_root, only=("domain",))
     elif cfg.checks:
         print("trained on shards: the training scale, focus and domain check need the image files; fit them with "
               "`marrowscope fit-checks` on a manifest of the same images", file=sys.stderr)
