@@ -1,7 +1,9 @@
-"""Shared fixtures: synthetic 7-class cell images made on the fly, a tiny trained model folder."""
+"""Shared fixtures and factories: synthetic 7-class cell images made on the fly, a tiny trained model folder,
+the bad-file corpus and an image unlike any cell."""
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -77,3 +79,58 @@ def real_data() -> Path:
     if not (REAL_DATA / "BLA").is_dir():
         pytest.skip(f"real images not present at {REAL_DATA} (bone-marrow-7 is read from ../shared)")
     return REAL_DATA
+
+
+# The one corpus of bad and odd files that every entry point that reads images meets.
+BAD = {  # file name -> (bytes, words the reason must contain)
+    "zero.jpg": (b"", "empty"),
+    "text.jpg": (b"just some text, not pixels", "not an image format"),
+    "doc.jpg": (b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj<<>>endobj", "not an image format"),
+    "bomb.png": (None, "above the limit"),
+    "truncated.jpg": (None, "truncated or corrupt"),
+    "thin.png": (None, "side ratio"),  # 100000 x 1: once 20 GB after the resize
+    "=HYPERLINK(1).png": (b"formula", "not an image format"),  # a name a spreadsheet would run
+}
+
+
+def _bytes(im: Image.Image, fmt: str, **kw) -> bytes:
+    b = io.BytesIO()
+    im.save(b, fmt, **kw)
+    return b.getvalue()
+
+
+def make_corpus(folder):
+    """Bad files and odd-but-valid files, in one class folder 'BLA'."""
+    cls = folder / "BLA"
+    cls.mkdir(parents=True)
+    cell = synthetic_cell(0, 1, size=40)
+    full = _bytes(Image.effect_noise((64, 64), 60).convert("RGB"), "JPEG")
+    data = {**{k: v for k, (v, _) in BAD.items()},
+            "bomb.png": _bytes(Image.new("1", (20000, 20000)), "PNG"),
+            "truncated.jpg": full[: len(full) // 2],
+            "thin.png": _bytes(Image.new("L", (100000, 1)), "PNG")}
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    odd = {
+        "rgba.png": _bytes(cell.convert("RGBA"), "PNG"),
+        "onebit.png": _bytes(cell.convert("1"), "PNG"),
+        "gray.png": _bytes(cell.convert("L"), "PNG"),
+        "sixteen.png": _bytes(Image.fromarray((np.asarray(cell.convert("L")).astype(np.uint16) * 257)), "PNG"),
+        "sixteen.tif": _bytes(Image.fromarray((np.asarray(cell.convert("L")).astype(np.uint16) * 257)), "TIFF"),
+        "cmyk.jpg": _bytes(cell.convert("CMYK"), "JPEG"),
+        "exif.jpg": _bytes(cell.resize((40, 20)), "JPEG", exif=exif),
+        "anim.gif": _bytes(cell, "GIF", save_all=True, append_images=[synthetic_cell(1, 2, size=40)]),
+        "tiny.png": _bytes(Image.new("RGB", (1, 1), (200, 100, 50)), "PNG"),
+        "plain.jpg": _bytes(cell, "JPEG"),
+    }
+    for name, content in {**data, **odd}.items():
+        (cls / name).write_bytes(content)
+    return cls, set(odd)
+
+
+def strange_image(seed: int) -> Image.Image:
+    """Nothing like the synthetic training cells: saturated stripes."""
+    a = np.zeros((48, 48, 3), np.uint8)
+    a[:, ::4] = (255, 255, 0)
+    a[::3] = (0, 255, 255)
+    return Image.fromarray(np.roll(a, seed, axis=1))

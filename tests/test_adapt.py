@@ -149,3 +149,16 @@ def test_adapted_domain_check_does_not_flag_both_labs_images(tiny_run, tmp_path)
     for images in (own, [tmp_path / f.name for f in fresh]):
         flagged = [r.unusual for r in p.predict_many(images)]
         assert sum(flagged) <= len(flagged) // 3, f"{sum(flagged)} of {len(flagged)} flagged"
+
+
+@pytest.mark.slow
+def test_adapt_says_what_it_did_and_nothing_a_lab_user_would_not_understand(tiny_model, tmp_path, capfd):
+    data = make_dataset(tmp_path / "lab", per_class=10, classes=("EOS", "LYT"))
+    assert main(["adapt", str(data), "--model", str(tiny_model), "--out", str(tmp_path / "new"), "--epochs", "1",
+                 "--workers", "0"]) == 0
+    said = capfd.readouterr()
+    text = said.out + said.err
+    assert "trained on 16 cells of lab (EOS 8, LYT 8)" in text and "held out 4 cells" in text
+    assert "95% interval" in text and "domain check was refitted" in text
+    for chatter in ("💡", "Found ", "val_dataloader", "GPU available", "TPU available", "LOCAL_RANK"):
+        assert chatter not in text, chatter

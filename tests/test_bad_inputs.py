@@ -2,12 +2,9 @@
 the decoder, the dataset scan (prepare), batch prediction (predict) and the app's batch view.
 Bad files get a specific reason; odd but valid ones are classified; the rest always go on."""
 
-import io
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from marrowscope.apps.app import batch as app_batch
 from marrowscope.core.batch import run_batch
@@ -15,52 +12,7 @@ from marrowscope.core.data import prepare
 from marrowscope.core.errors import ImageDecodeError
 from marrowscope.core.images import decode_image
 from marrowscope.core.predict import Predictor
-from tests.conftest import synthetic_cell
-
-BAD = {  # file name -> (bytes, words the reason must contain)
-    "zero.jpg": (b"", "empty"),
-    "text.jpg": (b"just some text, not pixels", "not an image format"),
-    "doc.jpg": (b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj<<>>endobj", "not an image format"),
-    "bomb.png": (None, "above the limit"),
-    "truncated.jpg": (None, "truncated or corrupt"),
-    "thin.png": (None, "side ratio"),  # 100000 x 1: once 20 GB after the resize
-    "=HYPERLINK(1).png": (b"formula", "not an image format"),  # a name a spreadsheet would run
-}
-
-
-def _bytes(im: Image.Image, fmt: str, **kw) -> bytes:
-    b = io.BytesIO()
-    im.save(b, fmt, **kw)
-    return b.getvalue()
-
-
-def make_corpus(folder):
-    """Bad files and odd-but-valid files, in one class folder 'BLA'."""
-    cls = folder / "BLA"
-    cls.mkdir(parents=True)
-    cell = synthetic_cell(0, 1, size=40)
-    full = _bytes(Image.effect_noise((64, 64), 60).convert("RGB"), "JPEG")
-    data = {**{k: v for k, (v, _) in BAD.items()},
-            "bomb.png": _bytes(Image.new("1", (20000, 20000)), "PNG"),
-            "truncated.jpg": full[: len(full) // 2],
-            "thin.png": _bytes(Image.new("L", (100000, 1)), "PNG")}
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    odd = {
-        "rgba.png": _bytes(cell.convert("RGBA"), "PNG"),
-        "onebit.png": _bytes(cell.convert("1"), "PNG"),
-        "gray.png": _bytes(cell.convert("L"), "PNG"),
-        "sixteen.png": _bytes(Image.fromarray((np.asarray(cell.convert("L")).astype(np.uint16) * 257)), "PNG"),
-        "sixteen.tif": _bytes(Image.fromarray((np.asarray(cell.convert("L")).astype(np.uint16) * 257)), "TIFF"),
-        "cmyk.jpg": _bytes(cell.convert("CMYK"), "JPEG"),
-        "exif.jpg": _bytes(cell.resize((40, 20)), "JPEG", exif=exif),
-        "anim.gif": _bytes(cell, "GIF", save_all=True, append_images=[synthetic_cell(1, 2, size=40)]),
-        "tiny.png": _bytes(Image.new("RGB", (1, 1), (200, 100, 50)), "PNG"),
-        "plain.jpg": _bytes(cell, "JPEG"),
-    }
-    for name, content in {**data, **odd}.items():
-        (cls / name).write_bytes(content)
-    return cls, set(odd)
+from tests.conftest import BAD, make_corpus
 
 
 def test_decoder_on_the_corpus(tmp_path):

@@ -6,13 +6,12 @@ import shutil
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from marrowscope.apps.cli import main
 from marrowscope.core import domain
 from marrowscope.core.predict import Predictor
 from marrowscope.fit.checks import fit_domain
-from tests.conftest import synthetic_cell
+from tests.conftest import strange_image, synthetic_cell
 
 
 def test_scores_are_about_one_inside_and_large_outside():
@@ -34,18 +33,10 @@ def checked_model(tiny_run, tmp_path_factory):
     return model
 
 
-def _strange(seed: int) -> Image.Image:
-    """Nothing like the synthetic training cells: saturated stripes."""
-    a = np.zeros((48, 48, 3), np.uint8)
-    a[:, ::4] = (255, 255, 0)
-    a[::3] = (0, 255, 255)
-    return Image.fromarray(np.roll(a, seed, axis=1))
-
-
 def test_unlike_images_score_higher_and_are_flagged(checked_model, tmp_path):
     p = Predictor(checked_model, backend="torch")
     like = [p.predict_one(synthetic_cell(k % 7, 500 + k)) for k in range(14)]
-    unlike = [p.predict_one(_strange(k)) for k in range(6)]
+    unlike = [p.predict_one(strange_image(k)) for k in range(6)]
     assert min(u.domain_score for u in unlike) > max(x.domain_score for x in like)
     # the tiny model's threshold comes from 14 validation images: strict on new cells, but far below the odd ones
     assert all(u.unusual for u in unlike) and sum(x.unusual for x in like) < len(like) / 2
@@ -56,7 +47,7 @@ def test_predict_writes_the_columns_and_warns_on_stderr(checked_model, tmp_path,
     folder.mkdir()
     for k in range(4):
         synthetic_cell(k, 700 + k).save(folder / f"cell{k}.png")
-        _strange(k).save(folder / f"odd{k}.png")
+        strange_image(k).save(folder / f"odd{k}.png")
     out = tmp_path / "p.csv"
     assert main(["predict", str(folder), "--model", str(checked_model), "--backend", "torch", "--out", str(out),
                  "--quiet"]) == 0

@@ -15,8 +15,7 @@ from marrowscope.core.focus import MatchFocus, measure, sharpness
 from marrowscope.core.preprocess import Preprocess
 from marrowscope.fit.augment import unsharp
 from marrowscope.fit.checks import fit_focus
-from tests.conftest import synthetic_cell
-from tests.test_bad_inputs import BAD, make_corpus
+from tests.conftest import BAD, make_corpus, synthetic_cell
 
 CFG = {"input_size": (3, 64, 64), "interpolation": "bicubic", "mean": (0.5,) * 3, "std": (0.5,) * 3,
        "crop_pct": 1.0, "crop_mode": "center"}

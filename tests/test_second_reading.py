@@ -13,8 +13,7 @@ from marrowscope.core.artifacts import read_model_info, write_settings
 from marrowscope.core.predict import Predictor, probs_from_logits
 from marrowscope.core.scale import ToTrainingScale
 from marrowscope.fit.checks import fit_domain
-from tests.conftest import synthetic_cell
-from tests.test_domain import _strange
+from tests.conftest import strange_image, synthetic_cell
 
 ZOOM = 0.6
 
@@ -31,7 +30,7 @@ def zoomed_model(tiny_run, tmp_path_factory):
 
 
 def _cells():
-    return [synthetic_cell(k % 7, 900 + k) for k in range(5)], [_strange(k) for k in range(3)]
+    return [synthetic_cell(k % 7, 900 + k) for k in range(5)], [strange_image(k) for k in range(3)]
 
 
 def test_zoom_draws_the_cell_smaller_in_a_field_as_wide():

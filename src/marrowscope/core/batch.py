@@ -5,6 +5,7 @@ Shared by ``marrowscope predict`` and the app's batch view, so both count cells 
 
 from __future__ import annotations
 
+import textwrap
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +38,7 @@ COLUMNS = {
            "there) or a model folder without sets",
     "domain_score": "how unlike the training images the image is (about 1 for images like them); empty without "
                     "a domain check",
-    "unusual": "yes when domain_score is above the model folder's cut-off (printed with the summary): results "
+    "unusual": "yes when domain_score is above the model folder's cut-off (printed with the warning): results "
                "may be wrong, the image is read twice and gets no set; empty without a domain check",
     "scale": "the pixel size the image was read at, and where it came from (its red cells, --pixel-size, or "
              "assumed equal to the training images')",
@@ -50,7 +51,8 @@ COUNT_KINDS = ("all cells", "accepted cells", "decision")
 
 def columns_help() -> str:
     """The CSV's columns, one line each, for ``predict --help``."""
-    return "columns of the CSV:\n" + "\n".join(f"  {name}: {text}" for name, text in COLUMNS.items())
+    return "columns of the CSV:\n" + "\n".join(textwrap.fill(f"{name}: {text}", 100, initial_indent="  ",
+                                                             subsequent_indent="      ") for name, text in COLUMNS.items())
 
 
 def blur_cell(blur: Optional[float]) -> str:
