@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 from marrowscope.core.errors import MarrowscopeError
@@ -93,37 +94,22 @@ def data_flags(s, nargs: str = "?") -> None:
 
 
 def train_flags(s) -> None:
-    """The training recipe's flags (train and cv), defaults from :class:`TrainConfig`."""
+    """The training recipe's flags (train and cv), one per :class:`TrainConfig` field but ``data`` and
+    ``out``: name, default, choices and help come from the dataclass, so they are written once."""
     from marrowscope.core.config import TrainConfig
-    from marrowscope.fit.transforms import AUGMENTATIONS
 
-    d = TrainConfig()
-    s.add_argument("--arch", dest="model", default=d.model, help="timm architecture name (default %(default)s)")
+    for f in fields(TrainConfig):
+        if f.name in ("data", "out"):
+            continue
+        meta, flag = f.metadata, f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+        kw = {"dest": f.name, "help": meta.get("help") or None}
+        if f.type == "bool":  # on by default: a --no-X flag turns it off; off by default: --X turns it on
+            kw["action"] = "store_false" if f.default else "store_true"
+        else:
+            kw["default"] = f.default
+            kw["type"] = {"int": int, "float": float, "classes": classes_arg}.get(meta.get("parse") or f.type,
+                                                                                  meta.get("type", str))
+            if "choices" in meta:
+                kw["choices"] = meta["choices"]
+        s.add_argument(flag, **kw)
     s.add_argument("--model", dest="model", action=Deprecated, new="--arch", help=argparse.SUPPRESS)
-    for name in ("img_size", "epochs", "batch_size", "seed", "patience", "devices", "num_nodes", "max_steps"):
-        s.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
-    s.add_argument("--workers", type=int, default=None,
-                   help="loader processes per training process (default: none on the CPU, where the step's own "
-                   "threads use every core; up to 8 on a GPU)")
-    for name in ("lr", "weight_decay", "label_smoothing", "mixup", "drop_rate", "val", "test", "distill_weight"):
-        s.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
-    s.add_argument("--classes", type=classes_arg, default=d.classes)
-    s.add_argument("--augment", default=d.augment, choices=AUGMENTATIONS,
-                   help="light: crops, flips, colour; lab: also stain, background, zoom, blur, JPEG; "
-                        "lab-sharp: lab and sharpening")
-    s.add_argument("--augment-on", default=d.augment_on, choices=["auto", "cpu", "device"],
-                   help="where the lab recipe runs: per image on the CPU, or batched on the device (auto: on a GPU)")
-    s.add_argument("--distill", default=None, help="CSV of a teacher's probabilities per image (cv's oof.csv): "
-                   "train on them as soft targets beside the labels")
-    s.add_argument("--keep", default=d.keep, choices=["best", "last"],
-                   help="keep the best epoch by val macro-F1, or the last (no choice on validation images)")
-    s.add_argument("--no-checks", dest="checks", action="store_false",
-                   help="skip measuring the training scale and fitting the domain check at the end")
-    s.add_argument("--pretrained", action="store_true", help="start from ImageNet weights")
-    s.add_argument("--init-weights", default=None, help=".safetensors/.pth state dict or model folder to start from")
-    s.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu", "cuda", "mps"])
-    s.add_argument("--precision", default=None, help="Lightning precision (default bf16-mixed on GPU, 32 on CPU)")
-    s.add_argument("--max-time", default=None, help="stop after DD:HH:MM:SS, keeping the best epoch")
-    s.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
-    s.add_argument("--half", action="store_true", help="store weights as float16")
-    s.add_argument("--data-root", default=None, help="folder a manifest's paths start from")

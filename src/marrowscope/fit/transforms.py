@@ -12,6 +12,7 @@ import random
 import torch
 from torchvision.transforms import v2
 
+from marrowscope.core.config import AUGMENTATIONS
 from marrowscope.fit.augment import BackgroundTint, ColourJitter, FocusOrJpeg, HEDJitter, ScaleJitter, focus_settings
 
 
@@ -21,9 +22,6 @@ class RandomRot90(torch.nn.Module):
     def forward(self, img):
         k = random.randrange(4)
         return v2.functional.rotate(img, 90 * k) if k else img
-
-
-AUGMENTATIONS = ("light", "lab", "lab-sharp")
 
 
 def train_transform(data_config: dict, augment: str = "light", *, scale: tuple[float, float] = (0.75, 1.0),
