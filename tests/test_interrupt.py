@@ -17,7 +17,7 @@ from tests.conftest import make_dataset
 def test_sigkill_then_resume(tmp_path):
     data = make_dataset(tmp_path / "cells", per_class=40)
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "marrowscope", "train", str(data), "--out", str(run), "--model",
+    cmd = [sys.executable, "-m", "marrowscope", "train", str(data), "--out", str(run), "--arch",
            "test_efficientnet", "--img-size", "48", "--epochs", "6", "--batch-size", "8", "--workers", "0",
            "--accelerator", "cpu"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

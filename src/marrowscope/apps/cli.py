@@ -153,6 +153,7 @@ def _add_evaluate(sub) -> None:
     data_flags(s, "*")  # "*": the deprecated MODEL DATA form
     s.add_argument("--split", default="test", choices=SPLIT_CHOICES)
     s.add_argument("--out", required=True)
+    s.add_argument("--resume", action="store_true", help="finish an interrupted run from OUT/predictions.csv.partial")
     inference_flags(s)
     launch_flags(s)
     s.set_defaults(func=cmd_evaluate)
@@ -166,7 +167,7 @@ def cmd_evaluate(a) -> None:
     model_then_data(a)
     predictor = Predictor(a.model, backend=a.backend, tta=a.tta, pixel_size=a.pixel_size)
     m = evaluate(predictor, data_or_default(a.data), a.split, a.out, seed=a.seed, data_root=a.data_root,
-                 launch=launch_settings(a))
+                 launch=launch_settings(a), resume=a.resume)
     if m is None:  # a DDP rank other than 0: rank 0 reports
         return
     print(format_report(m, predictor.classes))
@@ -238,6 +239,8 @@ def _add_predict(sub) -> None:
                         "for a folder without one)")
     s.add_argument("--batch-size", type=int, default=32)
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.add_argument("--resume", action="store_true", help="finish an interrupted run from OUT.partial (the results "
+                   "it kept are not computed again)")
     inference_flags(s)
     launch_flags(s)
     s.set_defaults(func=cmd_predict)
@@ -251,7 +254,7 @@ def cmd_predict(a) -> None:
         raise MarrowscopeError(f"--review-below is a probability between 0 and 1, not {a.review_below}.")
     predictor = Predictor(a.model, backend=a.backend, tta=a.tta, pixel_size=a.pixel_size, review_below=a.review_below)
     result = run_batch(predictor, a.paths, a.out, top_k=a.top_k, batch_size=a.batch_size, progress=not a.quiet,
-                       launch=launch_settings(a))
+                       launch=launch_settings(a), resume=a.resume)
     if result is None:  # a DDP rank other than 0: rank 0 reports
         return
     if result.warning():

@@ -5,6 +5,7 @@ Shared by ``marrowscope predict`` and the app's batch view, so both count cells 
 
 from __future__ import annotations
 
+import sys
 import textwrap
 from collections import Counter
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from typing import Iterable, Optional, Sequence
 from marrowscope.core.csvfiles import write_csv
 from marrowscope.core.errors import Unreadable
 from marrowscope.core.images import collect_images
+from marrowscope.core.partial import PartialFile, identity
 from marrowscope.core.policy import DECISIONS, Policy
 from marrowscope.core.predict import Predictor, Result
 
@@ -165,40 +167,65 @@ class BatchResult:
         return "\n".join(lines)
 
 
-def predict_files(predictor: Predictor, files: Sequence[Path], *, batch_size: int = 32,
-                  launch: Optional[dict] = None) -> Optional[Iterable[Result]]:
-    """Results for ``files`` here, or shared out over Lightning DDP ranks with ``launch`` (``devices``,
-    ``num_nodes``, ``accelerator``): then global rank 0 gets them all, in input order, and the other
-    ranks get None."""
-    if not launch:
-        return predictor.predict_many(files, batch_size=batch_size)
-    # Lightning is imported only when ranks are launched: one process needs none of it
-    from marrowscope.core.distributed import predict_distributed
+def predict_files(predictor: Predictor, files: Sequence[Path], *, batch_size: int = 32, launch: Optional[dict] = None,
+                  keep: Optional[PartialFile] = None, progress: bool = False) -> Optional[dict[str, Result]]:
+    """Results for ``files`` by file, with those ``keep`` read back from an interrupted run (only the rest
+    are predicted), each new one appended to ``keep`` as it is made. Here, or shared out over Lightning
+    DDP ranks with ``launch`` (``devices``, ``num_nodes``, ``accelerator``; each rank keeps its own
+    partial file): then global rank 0 gets them all and the other ranks get None. Interrupted, the
+    partial file stays and the console says how to finish."""
+    done = dict(keep.done) if keep else {}
+    todo = [f for f in files if str(f) not in done]
+    try:
+        if launch:
+            # Lightning is imported only when ranks are launched: one process needs none of it
+            from marrowscope.core.distributed import predict_distributed
 
-    return predict_distributed(predictor, files, batch_size=batch_size, **launch)
+            got = predict_distributed(predictor, todo, batch_size=batch_size, keep=keep, **launch)
+            if got is None:
+                return None
+            done.update((str(f), r) for f, r in zip(todo, got))
+            return done
+        stream = predictor.predict_many(todo, batch_size=batch_size)
+        if progress and len(todo) > batch_size:
+            from tqdm import tqdm
+
+            stream = tqdm(stream, total=len(todo), unit="img", desc="classifying")
+        for f, r in zip(todo, stream):
+            if keep:
+                keep.add(r)
+            done[str(f)] = r
+        return done
+    except BaseException:  # Ctrl-C or an error: what is finished stays, and the user is told where
+        if keep:
+            keep.close()
+            if keep.held():
+                print(f"interrupted: {keep.held()} finished result(s) kept in {keep.path}; run the same command "
+                      "with --resume to finish", file=sys.stderr)
+        raise
 
 
 def run_batch(predictor: Predictor, paths: Sequence[str | Path], out_csv: Optional[str | Path] = None,
               top_k: int = 3, batch_size: int = 32, progress: bool = False,
-              launch: Optional[dict] = None) -> Optional[BatchResult]:
+              launch: Optional[dict] = None, resume: bool = False) -> Optional[BatchResult]:
     """Classify files and folders (recursive); unreadable files are reported, the rest classified.
 
     With ``launch`` (``devices``, ``num_nodes``, ``accelerator``) the files are shared out over
     Lightning DDP ranks; the result (and the CSV) comes from global rank 0, other ranks get None.
+    With ``out_csv`` each result is kept in ``OUT.partial`` as it is made (:mod:`marrowscope.core.partial`):
+    ``resume`` finishes an interrupted run from it, and the CSV is the one an uninterrupted run writes.
     """
     files, missing = collect_images(paths)
-    stream = predict_files(predictor, files, batch_size=batch_size, launch=launch)
-    if stream is None:
+    keep = PartialFile(out_csv, identity(predictor, "predict"), resume) if out_csv else None
+    got = predict_files(predictor, files, batch_size=batch_size, launch=launch, keep=keep, progress=progress)
+    if got is None:
         return None
-    if progress and len(files) > batch_size and not launch:
-        from tqdm import tqdm
-
-        stream = tqdm(stream, total=len(files), unit="img", desc="classifying")
     result = BatchResult.for_predictor(predictor, top_k)
-    for item in [*missing, *stream]:
+    for item in [*missing, *(got[str(f)] for f in files)]:
         result.add(item)
     if out_csv:
         result.write(out_csv)
+        keep.remove()
     return result
 
 

@@ -18,6 +18,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 
 from marrowscope.core.errors import MarrowscopeError, Unreadable
+from marrowscope.core.partial import PartialFile
 from marrowscope.core.predict import Predictor, Result
 
 
@@ -55,9 +56,9 @@ class _Ranked(L.LightningModule):
     """The Predictor inside Lightning's launch; its network (PyTorch backend) is a submodule so
     that Lightning places it on the rank's device."""
 
-    def __init__(self, predictor: Predictor, files: Sequence[Path]):
+    def __init__(self, predictor: Predictor, files: Sequence[Path], keep: Optional[PartialFile] = None):
         super().__init__()
-        self.predictor, self.files = predictor, files
+        self.predictor, self.files, self.keep = predictor, files, keep
         self.net = predictor.net  # None with ONNX Runtime, which runs on the CPU of each rank
 
     def predict_step(self, batch, batch_idx) -> _Held:
@@ -68,17 +69,28 @@ class _Ranked(L.LightningModule):
         files = [self.files[idx[k]] for k in ok]
         raws = p.infer(files, [str(f) for f in files], [(x[k], *held[k].value) for k in ok]) if ok else []
         done = dict(zip(ok, map(p.finish, raws)))
-        return _Held([(i, done.get(k, held[k])) for k, i in enumerate(idx)])
+        results = [(i, done.get(k, held[k])) for k, i in enumerate(idx)]
+        if self.keep is not None:  # each rank keeps its own finished results as they are made
+            for _, r in results:
+                self.keep.add(r)
+        return _Held(results)
 
 
 def predict_distributed(predictor: Predictor, files: Sequence[Path], *, devices: int = 1, num_nodes: int = 1,
-                        accelerator: str = "auto", batch_size: int = 32, workers: int = 2) -> Optional[list[Result]]:
-    """``predictor``'s results for ``files`` in input order on global rank 0; None on the others."""
+                        accelerator: str = "auto", batch_size: int = 32, workers: int = 2,
+                        keep: Optional[PartialFile] = None) -> Optional[list[Result]]:
+    """``predictor``'s results for ``files`` in input order on global rank 0; None on the others. With
+    ``keep``, each rank appends its results to its own partial file (``OUT.partial.rankK``)."""
     trainer = L.Trainer(accelerator=accelerator, devices=devices, num_nodes=num_nodes, logger=False,
                         strategy="ddp" if devices * num_nodes > 1 else "auto", enable_model_summary=False,
                         enable_progress_bar=False, precision="32-true")
     loader = DataLoader(_Files(files, predictor), batch_size=batch_size, num_workers=workers, collate_fn=_collate)
-    mine = [item for part in trainer.predict(_Ranked(predictor, files), loader) for item in part.value]
+    ranked = _Ranked(predictor, files, keep.for_rank(trainer.global_rank) if keep is not None else None)
+    try:
+        mine = [item for part in trainer.predict(ranked, loader) for item in part.value]
+    finally:
+        if ranked.keep is not None:
+            ranked.keep.close()
     shares = [mine]
     if dist.is_available() and dist.is_initialized():
         shares = [None] * dist.get_world_size()

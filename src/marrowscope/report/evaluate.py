@@ -25,6 +25,7 @@ from marrowscope.core.csvfiles import write_csv
 from marrowscope.core.data import SPLIT_CHOICES, Sample, load_samples, sha256_of
 from marrowscope.core.errors import MarrowscopeError, Unreadable
 from marrowscope.core.manifest import manifest_rows
+from marrowscope.core.partial import PartialFile, identity
 from marrowscope.core.policy import decision_metrics
 from marrowscope.core.predict import Predictor
 
@@ -126,11 +127,12 @@ def _training_hashes(model_dir: Path) -> set[str]:
 
 def evaluate(predictor: Predictor, data: str | Path, split: str = "test", out_dir: Optional[str | Path] = None,
              seed: int = 0, val: float = VAL_FRACTION, test: float = TEST_FRACTION, data_root: Optional[str] = None,
-             batch_size: int = 32, launch: Optional[dict] = None) -> Optional[dict]:
+             batch_size: int = 32, launch: Optional[dict] = None, resume: bool = False) -> Optional[dict]:
     """Predict every image of ``split`` and write ``metrics.json``, ``predictions.csv`` and figures.
 
     With ``launch`` (``devices``, ``num_nodes``, ``accelerator``) prediction runs over Lightning
-    DDP ranks and only global rank 0 returns the metrics (the others return None).
+    DDP ranks and only global rank 0 returns the metrics (the others return None). With ``out_dir`` each
+    result is kept in ``predictions.csv.partial`` there as it is made; ``resume`` finishes from it.
 
     The report names the data, split and image count, and how many evaluated images the model
     saw in training (by sha256 against the model folder's manifest).
@@ -142,10 +144,11 @@ def evaluate(predictor: Predictor, data: str | Path, split: str = "test", out_di
     if not chosen:
         raise MarrowscopeError(f"the {split} split of '{data}' holds no images.")
     check_classes(predictor.info, {s.label for s in chosen}, f"'{data}'")
-    results = predict_files(predictor, [s.path for s in chosen], batch_size=batch_size, launch=launch)
-    if results is None:  # a DDP rank other than 0
+    keep = PartialFile(Path(out_dir) / "predictions.csv", identity(predictor, "evaluate"), resume) if out_dir else None
+    got = predict_files(predictor, [s.path for s in chosen], batch_size=batch_size, launch=launch, keep=keep)
+    if got is None:  # a DDP rank other than 0
         return None
-    pairs = list(zip(chosen, results))
+    pairs = [(s, got[str(s.path)]) for s in chosen]
     kept = [(s, r) for s, r in pairs if not isinstance(r, Unreadable)]
     unreadable = [*skipped, *(r for _, r in pairs if isinstance(r, Unreadable))]
     if not kept:
@@ -154,6 +157,7 @@ def evaluate(predictor: Predictor, data: str | Path, split: str = "test", out_di
     m = _report(predictor, data, split, kept, unreadable)
     if out_dir:
         _write(m, kept, predictor.classes, Path(out_dir))
+        keep.remove()
     return m
 
 
