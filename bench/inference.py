@@ -1,6 +1,7 @@
 """Inference benchmark. Prints a table and writes JSON (training throughput: bench/train_scale.py).
 
-    python bench/inference.py [--model models/default] [--data ../shared/data/bone-marrow-7] [--out docs/results/results.json]
+    python bench/inference.py [--model models/default] [--data ../shared/data/bone-marrow-7]
+        [--out docs/results/results.json]
 
 Single image: file -> top-3 (decode, preprocess, model, softmax), median and p95 over --runs runs
 after warm-up, per backend, and apart: the medians of decode + preprocessing and of the forward pass

@@ -33,8 +33,8 @@ def add_export_onnx(sub) -> None:
     model_flag(s)
     s.add_argument("--images", nargs="*", default=None, help="images or folders to check on "
                    "(default: one per class from ../shared/data/bone-marrow-7 if present, else random input)")
-    s.add_argument("--int8", action="store_true", help="also write model.int8.onnx (static INT8, ONNX Runtime), if it agrees with fp32 on real images on this "
-                   "machine")
+    s.add_argument("--int8", action="store_true", help="also write model.int8.onnx (static INT8, ONNX "
+                   "Runtime), if it agrees with fp32 on real images on this machine")
     s.add_argument("--calibration-images", type=int, default=200, help="training images for INT8 calibration")
     s.add_argument("--check-images", type=int, default=200, help="other images of the model's manifest the INT8 "
                    "model must agree with fp32 on, or it is not written")

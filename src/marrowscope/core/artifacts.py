@@ -197,8 +197,8 @@ def resolve_model_dir(path: Optional[str | Path]) -> Path:
         return path / "model" if (path / "model" / CONFIG).is_file() else path
     if not (DEFAULT_MODEL / CONFIG).is_file():
         raise MarrowscopeError(f"no model named, and this installation has no bundled model (looked in "
-                               f"'{DEFAULT_MODEL}'; it ships in the source checkout's models/default): pass --model DIR "
-                               "or set MARROWSCOPE_MODEL to a model folder.")
+                               f"'{DEFAULT_MODEL}'; it ships in the source checkout's models/default): pass "
+                               "--model DIR or set MARROWSCOPE_MODEL to a model folder.")
     return DEFAULT_MODEL
 
 

@@ -53,8 +53,9 @@ COUNT_KINDS = ("all cells", "accepted cells", "decision")
 
 def columns_help() -> str:
     """The CSV's columns, one line each, for ``predict --help``."""
-    return "columns of the CSV:\n" + "\n".join(textwrap.fill(f"{name}: {text}", 100, initial_indent="  ",
-                                                             subsequent_indent="      ") for name, text in COLUMNS.items())
+    lines = (textwrap.fill(f"{name}: {text}", 100, initial_indent="  ", subsequent_indent="      ")
+             for name, text in COLUMNS.items())
+    return "columns of the CSV:\n" + "\n".join(lines)
 
 
 def blur_cell(blur: Optional[float]) -> str:

@@ -1,4 +1,5 @@
-"""Datasets as users have them: class folders, manifests, splits (the loader's datasets: :mod:`marrowscope.fit.datasets`).
+"""Datasets as users have them: class folders, manifests, splits (the loader's datasets:
+:mod:`marrowscope.fit.datasets`).
 
 A dataset is either a folder with one sub-folder per class (flat, ``BLA/BLA_00001.jpg``, or
 nested, ``BLA/0001-1000/BLA_00001.jpg``) or a manifest CSV written by ``marrowscope prepare``

@@ -35,7 +35,7 @@ class DomainCheck:
         """[N, D] features -> [N] scores (higher: less like the training images)."""
         if features.shape[1] != self.mean.shape[0]:
             raise MarrowscopeError(f"the domain statistics ({self.mean.shape[0]} features) do not fit this model's "
-                                   f"{features.shape[1]}; refit them with `marrowscope fit-checks MODEL --only domain`.")
+                                   f"{features.shape[1]}; refit them with `marrowscope fit-checks --only domain`.")
         d = features.astype(np.float32) - self.mean
         return np.sqrt(np.maximum(np.einsum("nd,de,ne->n", d, self.precision, d), 0) / d.shape[1])
 

@@ -134,7 +134,8 @@ class Predictor:
     is lower is accepted (on top of the folder's fitted policy, which it can only make stricter; the
     whole rule for a folder without one). ``domain_check``: False leaves the folder's domain check off
     (to fit a new one). ``second_reading``: False reads every image once, even where the folder
-    chose a second reading of unusual images (to choose one). ``device`` places the PyTorch backend's network (default: CPU).
+    chose a second reading of unusual images (to choose one). ``device`` places the PyTorch backend's
+    network (default: CPU).
     """
 
     def __init__(self, model_dir: Optional[str | Path] = None, backend: str = "auto", threads: Optional[int] = None,
@@ -231,7 +232,8 @@ class Predictor:
         logits, feats, scores = self.forward(torch.stack([x[0] for x in loaded]))
         again = self.read_again(sources, [x[1] for x in loaded], scores, pool)
         return [Raw(name, logits[:, k], x[1], None if scores is None else float(scores[k]),
-                    None if feats is None else feats[k], x[2], again[k]) for k, (name, x) in enumerate(zip(names, loaded))]
+                    None if feats is None else feats[k], x[2], again[k])
+                for k, (name, x) in enumerate(zip(names, loaded))]
 
     def stream_logits(self, sources: Sequence[ImageSource], names: Optional[Sequence[str]] = None,
                       batch_size: int = 32, workers: Optional[int] = None, pixel_size: Optional[float] = None

@@ -1,1 +1,2 @@
-"""Everything that learns or fits: datasets, augmentation, training, cross-validation, calibration, adaptation, the fitted checks and the exports that measure themselves."""
+"""Everything that learns or fits: datasets, augmentation, training, cross-validation, calibration,
+adaptation, the fitted checks and the exports that measure themselves."""
