@@ -253,3 +253,23 @@ def test_app_owns_its_disk(predictor):
     assert demo.delete_cache == CACHE_SWEEP
     states = [b for b in demo.blocks.values() if isinstance(b, gr.State)]
     assert states and all(s.time_to_live == STATE_TTL_S and s.delete_callback is not None for s in states)
+
+
+def test_batch_fills_as_it_goes_and_a_cancel_keeps_the_finished_cells(predictor, tmp_path):
+    """The Batch view's steps: after every few images the table, counts and CSVs of the cells finished so
+    far; a batch cancelled there (the generator closed, as Gradio's Cancel does) keeps them on disk."""
+    import csv
+
+    from marrowscope.apps.app import batch_steps
+
+    images = [_save(tmp_path, f"c{k}.png", synthetic_cell(k % 7, 40 + k)) for k in range(5)]
+    steps = batch_steps(predictor, images, every=2)
+    rows, counts, _, _, downloads, note, review, state = next(steps)
+    assert len(rows) == 2 and len(review) == 2 and len(state["cells"]) == 2
+    assert "2 of 5 images so far" in note and "Cancel keeps" in note
+    steps.close()  # cancelled
+    with open(downloads[0], newline="") as fh:
+        assert [r["file"] for r in csv.DictReader(fh)] == ["c0.png", "c1.png"]
+    assert sum(c[1] for c in counts) == 2
+    *_, last = batch_steps(predictor, images, state, every=2)
+    assert len(last[0]) == 5 and "so far" not in last[5]

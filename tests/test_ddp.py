@@ -54,7 +54,25 @@ def test_predict_and_evaluate_over_two_ddp_ranks_match_one_process(tiny_run, tmp
         if a["status"] == "ok":
             assert (a["scale"], a["focus_blur_px"]) == (b["scale"], b["focus_blur_px"])
             assert float(a["probability"]) == pytest.approx(b["probability"], abs=1e-4)
-    assert not out.with_suffix(".parts").exists()
+    assert not list(tmp_path.glob("ddp.csv.partial*"))  # the ranks' partial files go once the CSV is whole
+    # an interrupted DDP run's ranks each kept some results: --resume over two ranks does only the rest
+    from marrowscope.core.partial import PartialFile, identity
+
+    p = Predictor(tiny_run / "model")
+    first = PartialFile(out, identity(p, "predict"), resume=False)
+    for rank, chunk in ((0, sorted(folder.iterdir())[:3]), (1, sorted(folder.iterdir())[3:5])):
+        keep = first.for_rank(rank)
+        for r in p.predict_many(chunk):
+            keep.add(r)
+        keep.close()
+    whole = out.read_bytes()
+    out.unlink()
+    res = subprocess.run(
+        [sys.executable, "-m", "marrowscope", "predict", str(folder), "--model", str(tiny_run / "model"),
+         "--out", str(out), "--devices", "2", "--accelerator", "cpu", "--batch-size", "4", "--quiet", "--resume"],
+        capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert out.read_bytes() == whole and not list(tmp_path.glob("ddp.csv.partial*"))
 
     ev = subprocess.run(
         [sys.executable, "-m", "marrowscope", "evaluate", str(tiny_run / "model"), str(tiny_run / "manifest.csv"),

@@ -30,6 +30,7 @@ from marrowscope.report.plots import count_figure
 MAX_UPLOAD = "15mb"              # per file, enforced by Gradio before a handler runs
 STATE_TTL_S = 3600               # a session's batch folder goes an hour after its last use
 CACHE_SWEEP = (3600, 3600)       # every hour, Gradio deletes its cached files older than an hour
+BATCH_STEP = 64                  # images between the Batch view's updates (each one Cancel keeps)
 
 
 class CellImage(gr.Image):
@@ -86,7 +87,17 @@ def drop_batch(state: Optional[dict]) -> None:
 def batch(predictor: Predictor, files: Optional[list], state: Optional[dict] = None,
           pixel_size: Optional[float] = None):
     """Many images (or zips) -> per-image table, differential count table and chart, CSVs, notes,
-    review rows and the new state (the previous batch's folder is removed)."""
+    review rows and the new state (the previous batch's folder is removed): the last step of
+    :func:`batch_steps`."""
+    *_, last = batch_steps(predictor, files, state, pixel_size)
+    return last
+
+
+def batch_steps(predictor: Predictor, files: Optional[list], state: Optional[dict] = None,
+                pixel_size: Optional[float] = None, every: int = BATCH_STEP):
+    """:func:`batch` as it goes: after every ``every`` images, the same outputs for the cells finished so
+    far (their table, counts and CSVs), then the whole batch's. Cancelled in the app, the last step stays
+    on screen and its CSVs stay downloadable: finished cells are never lost."""
     paths = [f if isinstance(f, str) else getattr(f, "name", str(f)) for f in (files or [])]
     if not paths:
         raise gr.Error("Upload one or more cell images, or a zip of them.")
@@ -100,14 +111,23 @@ def batch(predictor: Predictor, files: Optional[list], state: Optional[dict] = N
     result = BatchResult.for_predictor(predictor, 3)
     cells = []
     stream = predictor.predict_many(uploads.files, names=uploads.names, pixel_size=pixel_size or None)
-    for item, path, name in zip(stream, uploads.files, uploads.names):
+    total = len(uploads.files)
+    for k, (item, path, name) in enumerate(zip(stream, uploads.files, uploads.names), 1):
         if isinstance(item, Unreadable):
             item = Unreadable(name, _tidy(item.reason, path, name))
         else:
             cells.append((name, str(path)))
         result.add(item, name)
+        if k % every == 0 and k < total:
+            yield _batch_view(result, cells, workdir, f"**Classifying: {k} of {total} images so far.** Cancel keeps "
+                                                      "these rows and their CSVs.\n\n")
     for problem in uploads.problems:
         result.add(problem)
+    yield _batch_view(result, cells, workdir, "")
+
+
+def _batch_view(result: BatchResult, cells: list, workdir: Path, heading: str) -> tuple:
+    """The Batch view's outputs for the rows ``result`` holds, their CSVs written (atomically) beside."""
     csv_path, counts_path = result.write(workdir / "predictions.csv")
     rows = [[r["file"], display_name(r["predicted"]) if r["predicted"] else "unreadable",
              r["probability"], _top3_text(r), r["decision"], r.get("set", ""), r.get("unusual", "")]
@@ -122,8 +142,8 @@ def batch(predictor: Predictor, files: Optional[list], state: Optional[dict] = N
     if errors:
         note += f"\n\n**{len(errors)} problem(s):**\n" + "\n".join(errors)
     review_rows = [[r["file"], r["predicted"], r["probability"], r["predicted"]] for r in result.classified]
-    new_state = {"dir": str(workdir), "cells": cells}
-    return (rows, counts, decisions, count_figure(result.counts), [str(csv_path), str(counts_path)], note,
+    new_state = {"dir": str(workdir), "cells": list(cells)}
+    return (rows, counts, decisions, count_figure(result.counts), [str(csv_path), str(counts_path)], heading + note,
             review_rows, new_state)
 
 
@@ -186,7 +206,9 @@ def _batch_and_review_tabs(models: SessionModels, model_state, in_use, pixel_siz
         files = gr.File(file_count="multiple", label="Cell images or a zip of them",
                         file_types=[*IMAGE_EXTENSIONS, ".zip"])
         pixel = _pixel_size_box(pixel_size)
-        run = gr.Button("Classify all", variant="primary")
+        with gr.Row():
+            run = gr.Button("Classify all", variant="primary")
+            stop = gr.Button("Cancel (keeps the cells finished so far)")
         note = gr.Markdown()
         with gr.Row():
             counts = gr.Dataframe(headers=["cell type", "cells", "percent"], label="Differential count")
@@ -209,8 +231,12 @@ def _batch_and_review_tabs(models: SessionModels, model_state, in_use, pixel_siz
             back = gr.Button("Use the bundled model")
         adapt_note = gr.Markdown()
         adapted = gr.File(label="adapted model folder (zip)", interactive=False)
-    run.click(lambda f, s, um, ms: batch(models.get(ms)[0], f, s, um), [files, state, pixel, model_state],
-              [table, counts, decisions, chart, downloads, note, review, state], api_name="batch")
+    def run_batch_view(f, s, um, ms):  # a generator: the view fills as the batch goes, and Cancel keeps it
+        yield from batch_steps(models.get(ms)[0], f, s, um)
+
+    going = run.click(run_batch_view, [files, state, pixel, model_state],
+                      [table, counts, decisions, chart, downloads, note, review, state], api_name="batch")
+    stop.click(None, None, None, cancels=[going])
     export.click(lambda r, s: review_export(classes, r, s), [review, state], [exported, export_note],
                  api_name="export_review")
     # its own queued event, one at a time: other sessions' Classify and Batch go on meanwhile
