@@ -269,3 +269,19 @@ def test_calibrate_targets_out_of_range_are_a_sentence_and_nothing_is_written(tm
     assert main(["calibrate", "--model", str(tiny_model), "--oof", str(tmp_path / "none.npz"), flag, value]) == 2
     assert f"{flag} must be a fraction" in capsys.readouterr().err
     assert (tiny_model / "config.json").read_bytes() == before
+
+
+def test_an_unusual_cell_is_never_accepted():
+    """The accept guarantee was fitted on cells like the training cells: an unusual image's cell, however
+    sure, goes to review; a possible blast stays a possible blast."""
+    from marrowscope.core.predict import decide
+
+    policy = Policy(0.5, 0.2, True)
+    sure = np.array([0.0, 0.0, 0.99, 0.0, 0.0, 0.01, 0.0])
+    doubt = np.array([0.3, 0.0, 0.7, 0.0, 0.0, 0.0, 0.0])
+    assert decide("a", sure, CLASSES, policy, unusual=False).decision == "accepted"
+    assert decide("a", sure, CLASSES, policy, unusual=None).decision == "accepted"  # no domain check
+    assert decide("a", sure, CLASSES, policy, unusual=True).decision == "review"
+    assert decide("a", doubt, CLASSES, policy, unusual=True).decision == "possible-blast"
+    calls = policy.apply(np.stack([sure, sure]), CLASSES, np.array([True, False]))
+    assert list(calls.decision) == ["accepted", "review"]
