@@ -64,3 +64,22 @@ def test_one_model_convention_and_old_spellings_still_read(capsys):
     a = parser.parse_args(["adapt", "cells", "--out", "new", "--from", "models/x"])
     assert a.source == "models/x" and "use --model" in capsys.readouterr().err
     assert parser.parse_args(["adapt", "cells", "--out", "new", "--model", "models/x"]).source == "models/x"
+
+
+def test_help_of_every_command_loads_no_heavy_library():
+    """Flag choices and defaults come from light modules: --help never imports torch, timm or Gradio."""
+    import subprocess
+    import sys
+
+    code = ("import contextlib, io, sys\n"
+            "from marrowscope.apps.cli import build_parser\n"
+            "p = build_parser()\n"
+            "names = ['--help', *(f'{c} --help' for c in p._subparsers._group_actions[0].choices)]\n"
+            "for n in names:\n"
+            "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+            "        build_parser().parse_args(n.split())\n"
+            "print(len(names), sorted(m for m in ('torch', 'timm', 'gradio', 'lightning') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    count, heavy = out.stdout.split(" ", 1)
+    assert int(count) >= 15 and heavy.strip() == "[]", out.stdout

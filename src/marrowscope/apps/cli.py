@@ -226,7 +226,7 @@ def cmd_calibrate(a) -> None:
 
 
 def _add_predict(sub) -> None:
-    from marrowscope.core.batch import columns_help
+    from marrowscope.core.columns import columns_help
 
     s = sub.add_parser("predict", help="classify images and count cells per class",
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=columns_help())

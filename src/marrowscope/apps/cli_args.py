@@ -62,7 +62,7 @@ def model_flag(s) -> None:
 
 
 def inference_flags(s) -> None:
-    from marrowscope.core.predict import BACKENDS
+    from marrowscope.core.config import BACKENDS
 
     model_flag(s)
     s.add_argument("--backend", default="auto", choices=BACKENDS)

@@ -10,7 +10,7 @@ from marrowscope.core.samples import default_data_dir
 
 
 def add_fit_checks(sub) -> None:
-    from marrowscope.fit.checks import FITS
+    from marrowscope.core.config import FITS
 
     s = sub.add_parser("fit-checks", help="refit what training fits after the weights (training scale, focus, "
                        "domain check) on a model folder made without them",

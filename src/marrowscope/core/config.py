@@ -17,6 +17,12 @@ REVIEW_BELOW = 0.6
 # At the end of `train`, at most this many training (and validation) images, a seeded sample, measure
 # the training scale and fit the domain check: bounded time on large sets; bone-marrow-7 is measured whole.
 FIT_CHECK_IMAGES, FIT_CHECK_VAL_IMAGES = 3000, 1000
+# what a model folder fits after its weights, in this order (marrowscope.fit.checks)
+FITS = ("scale", "focus", "domain")
+# inference backends and their files in a model folder (marrowscope.core.predict): here, so that the
+# commands' --help lists them without importing the inference stack
+BACKENDS = ("auto", "onnx", "onnx-int8", "torch")
+ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
 # the training recipes of marrowscope.fit.transforms.train_transform
 AUGMENTATIONS = ("light", "lab", "lab-sharp")
 

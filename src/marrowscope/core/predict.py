@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from marrowscope.core.artifacts import load_model_folder, read_model_info, resolve_model_dir
-from marrowscope.core.config import REVIEW_BELOW
+from marrowscope.core.config import BACKENDS, ONNX_FILES, REVIEW_BELOW
 from marrowscope.core.domain import DomainCheck, flagged
 from marrowscope.core.errors import ImageDecodeError, MarrowscopeError, Unreadable
 from marrowscope.core.images import ImageSource, decode_image
@@ -36,9 +36,6 @@ from marrowscope.core.model import WithFeatures
 from marrowscope.core.policy import Policy
 from marrowscope.core.preprocess import Preprocess
 from marrowscope.core.scale import Scale
-
-BACKENDS = ("auto", "onnx", "onnx-int8", "torch")
-ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
 
 
 @dataclass

@@ -16,14 +16,12 @@ import numpy as np
 
 from marrowscope.core import domain, focus, scale
 from marrowscope.core.artifacts import read_model_info, write_settings
-from marrowscope.core.config import FIT_CHECK_IMAGES, FIT_CHECK_VAL_IMAGES
+from marrowscope.core.config import FIT_CHECK_IMAGES, FIT_CHECK_VAL_IMAGES, FITS
 from marrowscope.core.data import load_samples
 from marrowscope.core.errors import ImageDecodeError, Unreadable
 from marrowscope.core.images import decode_image
 from marrowscope.core.predict import Predictor
 from marrowscope.core.preprocess import Preprocess
-
-FITS = ("scale", "focus", "domain")
 
 
 def _check_paths(samples: list) -> list:
