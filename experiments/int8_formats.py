@@ -46,7 +46,7 @@ def main() -> None:
     calib = int8_images(src, a.calibration, a.data_root)
     check = int8_images(src, a.check, a.data_root, train=False)
     pre = Preprocess.for_model(load_model_folder(src)[1])
-    x = np.stack([pre(decode_image(f))[0].numpy() for f in check[:32]])
+    x = np.stack([pre(decode_image(f))[0] for f in check[:32]])
     print(f"{src.name}: calibrated on {len(calib)} training images, checked on {len(check)} others")
     print(f"fp32: {ms_per_image(src / 'model.onnx', x):.2f} ms/image")
     with tempfile.TemporaryDirectory() as work:

@@ -42,7 +42,7 @@ def test_geometry_is_the_transform_before_the_tensor(explainer):
     cfg = explainer.info.data_config
     via_geometry = v2.Normalize(list(cfg["mean"]), list(cfg["std"]))(
         v2.ToDtype(torch.float32, scale=True)(v2.PILToTensor()(explainer.geometry(tall))))
-    assert torch.allclose(via_geometry, explainer.preprocess(tall)[0], atol=1e-5)
+    assert torch.allclose(via_geometry, torch.from_numpy(explainer.preprocess(tall)[0]), atol=1e-5)
 
 
 def test_heatmap_shape_and_range(explainer):

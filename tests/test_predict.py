@@ -61,3 +61,25 @@ def test_unknown_backend_and_missing_onnx(tiny_model):
         Predictor(tiny_model, backend="tpu")
     with pytest.raises(MarrowscopeError, match="export-onnx"):
         Predictor(tiny_model, backend="onnx")
+
+
+def test_predict_on_the_onnx_path_imports_no_torch(tmp_path):
+    """The default inference path (decode, preprocess, ONNX Runtime, policy, CSV) runs without torch, timm,
+    Lightning or Gradio: a lab's script pays only for what it uses."""
+    import subprocess
+    import sys
+
+    from marrowscope.core.artifacts import DEFAULT_MODEL
+
+    if not (DEFAULT_MODEL / "model.onnx").is_file():
+        pytest.skip("the bundled model's ONNX file is not in this installation")
+    synthetic_cell(2, 7, size=96).save(tmp_path / "cell.png")
+    code = ("import sys\n"
+            "from marrowscope.apps.cli import main\n"
+            f"assert main(['predict', {str(tmp_path / 'cell.png')!r}, '--out', {str(tmp_path / 'p.csv')!r}, "
+            "'--quiet']) == 0\n"
+            "print(sorted(m for m in ('torch', 'timm', 'torchvision', 'lightning', 'gradio') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+    assert (tmp_path / "p.csv").read_text().count("\n") == 2

@@ -120,7 +120,9 @@ def test_a_real_predict_killed_part_way_resumes_to_the_uninterrupted_csv(tiny_mo
     cmd = [sys.executable, "-m", "marrowscope", "predict", str(folder), "--model", str(tiny_model), "--quiet",
            "--backend", "torch", "--batch-size", "1"]
     assert subprocess.run([*cmd, "--out", str(tmp_path / "ref.csv")], capture_output=True).returncode == 0
-    proc = subprocess.Popen([*cmd, "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT as a terminal's Ctrl-C sends it: a job started in the background may inherit it ignored
+    proc = subprocess.Popen([*cmd, "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     partial, deadline = partial_path(out), time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         if partial.exists() and partial.read_text().count("\n") > 100:

@@ -155,7 +155,7 @@ def test_validation_reads_images_through_the_preprocessing_the_folder_ships(tiny
     x, label = val_ds[0]
     image = decode_image(val_ds.samples[0].path)
     predictor = Predictor(model, backend="torch")
-    assert torch.equal(x, predictor.load(image)[0])  # the very tensor predict gives the network
+    assert torch.equal(x, torch.from_numpy(predictor.load(image)[0]))  # the very input predict gives the network
     assert not torch.equal(x, eval_transform(info.data_config)(image))  # which the bare eval transform is not
     _, plain = run_datasets(cfg, samples, info.data_config)  # nothing measured: the folder ships none either
     assert torch.equal(plain[0][0], eval_transform(info.data_config)(image))

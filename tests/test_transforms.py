@@ -1,6 +1,7 @@
 """Train and eval transforms from the model's data config."""
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -29,17 +30,21 @@ def test_eval_geometry_is_resize_then_centre_crop():
     assert np.array_equal(np.asarray(out), np.asarray(im)[:, 16:48])
 
 
-def test_eval_split_gives_the_eval_transforms_numbers_exactly():
-    from marrowscope.core.preprocess import NormalisedTensor
+@pytest.mark.parametrize("interpolation, crop_pct, size", [("bicubic", 1.0, 32), ("bilinear", 1.0, 32),
+                                                            ("bicubic", 0.875, 32), ("bicubic", 1.0, 224)])
+def test_eval_split_gives_timms_eval_transform_numbers_exactly(interpolation, crop_pct, size):
+    """The PIL and numpy path that predict takes (no torch) against timm's own eval transform."""
+    from marrowscope.core.preprocess import EvalGeometry, NormalisedArray
 
-    cfg = {**CFG, "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}  # not 0.5: order matters
+    cfg = {**CFG, "input_size": (3, size, size), "interpolation": interpolation, "crop_pct": crop_pct,
+           "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}  # not 0.5: order matters
     geometry, rest = eval_split(cfg)
-    assert isinstance(rest, NormalisedTensor)  # the numpy path is the one taken
-    for seed in range(5):
-        im = _image(50 + seed, 40, seed)
+    assert isinstance(geometry, EvalGeometry) and isinstance(rest, NormalisedArray)
+    for seed, (w, h) in enumerate([(50, 40), (40, 50), (41, 77), (250, 250), (size, size), (301, 257)]):
+        im = _image(w, h, seed)
         x = rest(geometry(im))
-        assert x.dtype == torch.float32 and x.is_contiguous()
-        assert torch.equal(x, eval_transform(cfg)(im))  # bit for bit, not close
+        assert x.dtype == np.float32 and x.flags.c_contiguous
+        assert np.array_equal(x, eval_transform(cfg)(im).numpy()), (w, h)  # bit for bit, not close
 
 
 def test_train_transform_augments_but_keeps_shape():

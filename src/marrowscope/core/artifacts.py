@@ -17,13 +17,13 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
-
-import timm
-from torch import nn
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from marrowscope.core.classes import FULL_NAMES
 from marrowscope.core.errors import MarrowscopeError
+
+if TYPE_CHECKING:  # reading a folder's config needs no torch; loading or saving its weights does
+    from torch import nn
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -159,6 +159,7 @@ def read_model_info(path: str | Path) -> ModelInfo:
 
 def load_model_folder(path: str | Path) -> tuple[nn.Module, ModelInfo]:
     """Build the network of a model folder and load its weights (eval mode, float32)."""
+    import timm
     from safetensors.torch import load_file
 
     info = read_model_info(path)

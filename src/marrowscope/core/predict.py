@@ -10,7 +10,8 @@ per image, holding everything a CSV row, a report or the app shows. Unreadable i
 :class:`Unreadable` (its ``reason`` says why) and the rest go on.
 
 The model folder is loaded once. Backends: ONNX Runtime when the folder holds ``model.onnx``
-(fastest on CPU), else PyTorch with ``channels_last`` and ``inference_mode``.
+(fastest on CPU; this path imports neither torch nor timm: images are numpy arrays from decoding to
+the network), else PyTorch with ``channels_last`` and ``inference_mode``.
 """
 
 from __future__ import annotations
@@ -25,14 +26,12 @@ from pathlib import Path
 from typing import Iterator, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
-import torch
 
-from marrowscope.core.artifacts import load_model_folder, read_model_info, resolve_model_dir
+from marrowscope.core.artifacts import read_model_info, resolve_model_dir
 from marrowscope.core.config import BACKENDS, ONNX_FILES, REVIEW_BELOW
 from marrowscope.core.domain import DomainCheck, flagged
 from marrowscope.core.errors import ImageDecodeError, MarrowscopeError, Unreadable
 from marrowscope.core.images import ImageSource, decode_image
-from marrowscope.core.model import WithFeatures
 from marrowscope.core.policy import Policy
 from marrowscope.core.preprocess import Preprocess
 from marrowscope.core.scale import Scale
@@ -84,12 +83,14 @@ class Raw(NamedTuple):
     again: Optional[np.ndarray] = None
 
 
-def tta_views(batch: torch.Tensor, tta: bool) -> torch.Tensor:
-    """The batch, or [batch; mirror; 90-degree turn; mirrored turn] stacked along the batch axis:
-    a cell has no orientation, so all four views should get the same answer."""
+def tta_views(batch: np.ndarray, tta: bool) -> np.ndarray:
+    """The [N, 3, H, W] batch, or [batch; mirror; 90-degree turn; mirrored turn] stacked along the batch
+    axis: a cell has no orientation, so all four views should get the same answer."""
     if not tta:
         return batch
-    return torch.cat([batch, batch.flip(3), batch.rot90(1, (2, 3)), batch.flip(3).rot90(1, (2, 3))])
+    mirror = batch[..., ::-1]
+    return np.ascontiguousarray(np.concatenate([batch, mirror, np.rot90(batch, 1, (2, 3)),
+                                                np.rot90(mirror, 1, (2, 3))]))
 
 
 def probs_from_logits(view_logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -155,8 +156,6 @@ class Predictor:
                          "device": device, "review_below": review_below, "domain_check": domain_check,
                          "second_reading": second_reading}
         self.backend = self._choose_backend(backend)
-        if threads:
-            torch.set_num_threads(threads)
         self.net, self.session = None, None
         if self.backend in ONNX_FILES:
             import onnxruntime as ort
@@ -167,7 +166,14 @@ class Predictor:
             self.session = ort.InferenceSession(str(self.model_dir / ONNX_FILES[self.backend]), opts,
                                                 providers=["CPUExecutionProvider"])
             self.input_name = self.session.get_inputs()[0].name
-        else:
+        else:  # torch and timm load only for this backend: the ONNX path runs without them
+            import torch
+
+            from marrowscope.core.artifacts import load_model_folder
+            from marrowscope.core.model import WithFeatures
+
+            if threads:
+                torch.set_num_threads(threads)
             self.net = WithFeatures(load_model_folder(self.model_dir)[0]).to(memory_format=torch.channels_last)
             if device:  # PyTorch backend only: e.g. "cuda" for cross-validation predictions on a GPU
                 self.net = self.net.to(device)
@@ -195,7 +201,7 @@ class Predictor:
         return backend
 
     def load(self, src: ImageSource, name: Optional[str] = None, pixel_size: Optional[float] = None,
-             zoom: float = 1.0) -> Union[tuple[torch.Tensor, Optional[Scale], Optional[float]], Unreadable]:
+             zoom: float = 1.0) -> Union[tuple[np.ndarray, Optional[Scale], Optional[float]], Unreadable]:
         """Decode (the one decoder) and preprocess one source to ([3, H, W], its scale, its focus blur), or
         say why it cannot be read. ``pixel_size`` (µm per pixel) overrides the estimate for this call;
         ``zoom`` draws the cell that much larger or smaller than at the training scale."""
@@ -204,18 +210,20 @@ class Predictor:
         except ImageDecodeError as exc:
             return Unreadable(name if name is not None else _name(src, 0), str(exc))
 
-    def forward(self, batch: torch.Tensor) -> tuple[np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]:
-        """[N, 3, H, W] -> ([V, N, C] logits, V = 1 or 4 views with ``tta``; [N, D] pooled features of
-        the first view, or None from an ONNX file without them; [N] domain scores, or None without
-        domain statistics)."""
+    def forward(self, batch: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]:
+        """[N, 3, H, W] float32 -> ([V, N, C] logits, V = 1 or 4 views with ``tta``; [N, D] pooled
+        features of the first view, or None from an ONNX file without them; [N] domain scores, or None
+        without domain statistics)."""
         views = tta_views(batch, self.tta)
         if self.session is not None:
-            outputs = self.session.run(None, {self.input_name: views.cpu().numpy()})
+            outputs = self.session.run(None, {self.input_name: views})
             logits, feats = outputs[0], (outputs[1] if len(outputs) > 1 else None)
         else:
+            import torch
+
             device = next(self.net.parameters()).device
             with torch.inference_mode():
-                out = self.net(views.to(device).contiguous(memory_format=torch.channels_last))
+                out = self.net(torch.from_numpy(views).to(device).contiguous(memory_format=torch.channels_last))
             logits, feats = (t.float().cpu().numpy() for t in out)
         feats = None if feats is None else feats[: len(batch)]
         scores = self.domain.score(feats) if self.domain is not None and feats is not None else None
@@ -226,7 +234,7 @@ class Predictor:
         """The :class:`Raw` results of images :meth:`load` has read (``loaded``: its tensors, scales and
         blurs), the flagged ones read a second time: the one step after decoding that a batch, a single
         image and a DDP rank share."""
-        logits, feats, scores = self.forward(torch.stack([x[0] for x in loaded]))
+        logits, feats, scores = self.forward(np.stack([x[0] for x in loaded]))
         again = self.read_again(sources, [x[1] for x in loaded], scores, pool)
         return [Raw(name, logits[:, k], x[1], None if scores is None else float(scores[k]),
                     None if feats is None else feats[k], x[2], again[k])
@@ -323,7 +331,7 @@ class Predictor:
         loads = (pool.map if pool else map)(lambda i: self.load(sources[i], None, scales[i].pixel_size_um, zoom), todo)
         loaded = [(i, x) for i, x in zip(todo, loads) if not isinstance(x, Unreadable)]  # changed since: once
         if loaded:
-            logits = self.forward(torch.stack([x[0] for _, x in loaded]))[0]
+            logits = self.forward(np.stack([x[0] for _, x in loaded]))[0]
             for k, (i, _) in enumerate(loaded):
                 out[i] = logits[:, k]
         return out

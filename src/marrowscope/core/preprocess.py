@@ -1,28 +1,36 @@
 """The one inference preprocessing, resolved from the model folder's data config (timm) so that
 training's validation, ``predict``, ``evaluate``, the app and the exports cannot drift.
 
-Eval: timm's own ``create_transform`` with the model folder's input size, mean, std, interpolation
-and ``crop_pct`` (1.0: the whole crop, cells are centred); before it, the training scale
+Eval: timm's eval transform for the model folder's input size, mean, std, interpolation and
+``crop_pct`` (1.0: the whole crop, cells are centred); before it, the training scale
 (:mod:`marrowscope.core.scale`); after its resize and crop, focus matching
-(:mod:`marrowscope.core.focus`).
+(:mod:`marrowscope.core.focus`). For the centre-crop layout every model folder of marrowscope has,
+the same resize, crop and normalisation run in PIL and numpy (:class:`EvalGeometry`,
+:class:`NormalisedArray`; the tests compare them with timm's transform bit for bit), so that the ONNX
+inference path imports neither torch nor timm.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import numpy as np
-import torch
-from timm.data import create_transform
-from torchvision import transforms as T
+from PIL import Image
 
 from marrowscope.core.errors import MarrowscopeError
 from marrowscope.core.focus import MatchFocus
 from marrowscope.core.scale import ToTrainingScale
 
+PIL_INTERPOLATION = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC,
+                     "box": Image.BOX, "hamming": Image.HAMMING, "lanczos": Image.LANCZOS}
+
 
 def eval_transform(data_config: dict):
-    """PIL RGB image -> normalised float tensor [3, H, W], exactly as in the model folder."""
+    """PIL RGB image -> normalised float tensor [3, H, W]: timm's own eval transform of the model folder
+    (training's fallback, and what :func:`eval_split` is checked against)."""
+    from timm.data import create_transform  # torch and timm: only where a tensor pipeline is wanted
+
     return create_transform(
         input_size=tuple(data_config["input_size"]),
         interpolation=data_config.get("interpolation", "bicubic"),
@@ -40,8 +48,8 @@ class Preprocess:
     resize and crop -> softened to the training images' sharpness if far crisper (when the folder
     records it, :mod:`marrowscope.core.focus`) -> normalised tensor.
 
-    Calling it returns (tensor [3, H, W], the image's :class:`~marrowscope.core.scale.Scale` or None, the
-    blur in px focus matching gave it: 0.0 if none, None without focus settings).
+    Calling it returns (float32 array [3, H, W], the image's :class:`~marrowscope.core.scale.Scale` or
+    None, the blur in px focus matching gave it: 0.0 if none, None without focus settings).
     """
 
     def __init__(self, data_config: dict, scale: Optional[dict] = None, pixel_size: Optional[float] = None,
@@ -50,7 +58,7 @@ class Preprocess:
         self.pixel_size = self.check_pixel_size(pixel_size)
         self.focus = MatchFocus.from_settings(focus)
         # focus matching goes between the two: on the pixels the network sees
-        self.geometry_only, self.to_tensor = eval_split(data_config)
+        self.geometry_only, self.to_array = eval_split(data_config)
 
     @classmethod
     def for_model(cls, info, pixel_size: Optional[float] = None) -> "Preprocess":
@@ -91,11 +99,14 @@ class Preprocess:
 
     def __call__(self, image, pixel_size: Optional[float] = None, zoom: float = 1.0):
         seen, scale, blur = self.view(image, pixel_size, zoom)
-        return self.to_tensor(seen), scale, blur
+        return self.to_array(seen), scale, blur
 
     def tensor(self, image):
-        """The network's input alone: what training's validation reads, through the path predict ships."""
-        return self(image)[0]
+        """The network's input alone, as a torch tensor: what training's validation reads, through the path
+        predict ships."""
+        import torch
+
+        return torch.from_numpy(self(image)[0])
 
     def geometry(self, image, pixel_size: Optional[float] = None):
         """The pixels the network sees, as a PIL image (for drawing Grad-CAM over them)."""
@@ -103,28 +114,61 @@ class Preprocess:
 
 
 def eval_split(data_config: dict):
-    """The eval transform in two: (its resize and centre crop, PIL -> PIL: the pixels the network
-    sees; the rest, PIL -> normalised tensor, as :class:`NormalisedTensor` where the rest is timm's
-    tensor conversion and normalisation, as it is for every timm eval transform we build)."""
+    """The eval transform in two: (its resize and centre crop, PIL -> PIL: the pixels the network sees;
+    the rest, PIL -> normalised float32 array [3, H, W]). In PIL and numpy for the centre-crop layout
+    (:class:`EvalGeometry`, :class:`NormalisedArray`), else timm's own steps."""
+    if EvalGeometry.handles(data_config):
+        return EvalGeometry(data_config), NormalisedArray(data_config["mean"], data_config["std"])
+    from torchvision import transforms as T
+
     steps = eval_transform(data_config).transforms
     geometry = [s for s in steps if isinstance(s, (T.Resize, T.CenterCrop))]
-    rest = [s for s in steps if s not in geometry]
-    if len(rest) == 2 and isinstance(rest[0], T.ToTensor) and isinstance(rest[1], T.Normalize):
-        return T.Compose(geometry), NormalisedTensor(rest[1].mean, rest[1].std)
-    return T.Compose(geometry), T.Compose(rest)
+    rest = T.Compose([s for s in steps if s not in geometry])
+    return T.Compose(geometry), lambda image: rest(image).numpy()
 
 
-class NormalisedTensor:
-    """PIL RGB image -> [3, H, W] float32 tensor, (pixel / 255 - mean) / std: the same numbers as
+class EvalGeometry:
+    """timm's eval resize and centre crop (``crop_mode`` center) of a PIL image, in PIL: the shorter side
+    resized to floor(size / crop_pct) as torchvision's ``Resize(int)`` computes it, then the centre
+    ``size`` cropped as torchvision's ``CenterCrop`` rounds it. The same PIL calls, so the same pixels."""
+
+    def __init__(self, data_config: dict):
+        self.height, self.width = (int(s) for s in data_config["input_size"][1:])
+        self.scale = math.floor(self.height / (data_config.get("crop_pct") or 0.875))
+        self.resample = PIL_INTERPOLATION[data_config.get("interpolation", "bicubic")]
+
+    @staticmethod
+    def handles(data_config: dict) -> bool:
+        h, w = data_config["input_size"][1:]
+        return (data_config.get("crop_mode") in (None, "center") and h == w
+                and data_config.get("interpolation", "bicubic") in PIL_INTERPOLATION
+                and math.floor(h / (data_config.get("crop_pct") or 0.875)) >= h)
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        w, h = image.size
+        short, long = (w, h) if w <= h else (h, w)
+        new_short, new_long = self.scale, int(self.scale * long / short)
+        size = (new_short, new_long) if w <= h else (new_long, new_short)
+        if size != (w, h):
+            image = image.resize(size, self.resample)
+        w, h = image.size
+        if (w, h) == (self.width, self.height):
+            return image
+        top, left = int(round((h - self.height) / 2.0)), int(round((w - self.width) / 2.0))
+        return image.crop((left, top, left + self.width, top + self.height))
+
+
+class NormalisedArray:
+    """PIL RGB image -> [3, H, W] float32 array, (pixel / 255 - mean) / std: the same numbers as
     torchvision's ToTensor and Normalize (the same float32 operations in the same order), computed in
-    numpy. Why: torch's element-wise kernels here left its worker threads spinning while ONNX Runtime's
-    threads ran the network, and on 2 cores that slowed the forward pass of a single image by several ms
-    (README, "Speed"); numpy runs them on the calling thread."""
+    numpy. Why: the ONNX path needs no torch, and on 2 cores torch's element-wise kernels had left its
+    worker threads spinning while ONNX Runtime's threads ran the network, slowing a single image by
+    several ms (docs, "Speed")."""
 
     def __init__(self, mean, std):
         self.mean = np.asarray(mean, np.float32).reshape(1, 1, -1)
         self.std = np.asarray(std, np.float32).reshape(1, 1, -1)
 
-    def __call__(self, image) -> torch.Tensor:
+    def __call__(self, image) -> np.ndarray:
         pixels = np.asarray(image, dtype=np.float32) / np.float32(255)
-        return torch.from_numpy(np.ascontiguousarray(((pixels - self.mean) / self.std).transpose(2, 0, 1)))
+        return np.ascontiguousarray(((pixels - self.mean) / self.std).transpose(2, 0, 1))

@@ -40,7 +40,7 @@ def export_onnx(model_dir: str | Path, images: Sequence[ImageSource] = (), opset
     h, w = info.data_config["input_size"][1:]
     if images:
         preprocess = Preprocess.for_model(info)  # the Predictor's own preprocessing
-        x = torch.stack([preprocess(decode_image(im))[0] for im in images])
+        x = torch.from_numpy(np.stack([preprocess(decode_image(im))[0] for im in images]))
     else:
         x = torch.randn(4, 3, h, w)
     tmp = model_dir / "model.onnx.tmp"
@@ -223,7 +223,7 @@ def export_int8(model_dir: str | Path, calibration: Sequence[ImageSource], check
     if unknown or not formats:
         raise MarrowscopeError(f"unknown INT8 layout {unknown}; choose from {', '.join(INT8_FORMATS)}.")
     preprocess = Preprocess.for_model(load_model_folder(model_dir)[1])
-    x = np.stack([preprocess(decode_image(src))[0].numpy() for src in check])
+    x = np.stack([preprocess(decode_image(src))[0] for src in check])
     reference = _onnx_probs(fp32, x)
     tmp, tried = model_dir / (name + ".tmp"), []
     try:
@@ -258,7 +258,7 @@ def _quantize(fp32: Path, out: Path, calibration: Sequence[ImageSource], preproc
 
         def get_next(self):
             for src in self.it:
-                return {"image": preprocess(decode_image(src))[0].unsqueeze(0).numpy()}
+                return {"image": preprocess(decode_image(src))[0][None]}
             return None
 
     pre = out.with_name(out.name + ".pre")

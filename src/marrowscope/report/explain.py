@@ -37,7 +37,7 @@ class Explainer:
         """The map of the pixels the network sees (``Preprocess.geometry``)."""
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-        x = self.preprocess.to_tensor(seen).unsqueeze(0)
+        x = torch.from_numpy(self.preprocess.to_array(seen))[None]
         with self._lock:
             if class_index is None:
                 with torch.no_grad():
