@@ -157,3 +157,24 @@ def test_adapt_says_what_it_did():
     assert "0.60 before (95% interval 0.39-0.78)" in text and "one cell is 5 points" in text
     assert "blast weight was dropped" in text and "domain check was refitted" in text
     assert "blast weight" not in adapt_report({**r, "blast_weight_dropped": False}, "new")
+
+
+@pytest.mark.parametrize("flag, differs", [
+    (["--split", "val"], lambda a, b: (a["split"], b["split"]) == ("test", "val") and a["accuracy"] != b["accuracy"]),
+    (["--tta"], lambda a, b: a["tta"] is False and b["tta"] is True and a["log_loss"] != b["log_loss"]),
+    (["--pixel-size", "0.2"], lambda a, b: a["log_loss"] != b["log_loss"]),
+    (["--review-below", "0.99"], lambda a, b: a["decisions"]["accepted_share"] > b["decisions"]["accepted_share"]),
+])
+def test_evaluate_flags_change_the_report(tiny_run, tmp_path, flag, differs):
+    import json
+
+    model = shutil.copytree(tiny_run / "model", tmp_path / "m")
+    write_settings(model, scale={"pixel_size_um": 0.1, "field_px": 48, "how": "set by the test"})
+    base = ["evaluate", str(tiny_run / "manifest.csv"), "--model", str(model), "--split", "test"]
+    assert main([*base, "--out", str(tmp_path / "a")]) == 0
+    if flag[0] == "--split":
+        base.remove("--split")
+        base.remove("test")
+    assert main([*base, "--out", str(tmp_path / "b"), *flag]) == 0
+    a, b = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("a", "b"))
+    assert differs(a, b), flag

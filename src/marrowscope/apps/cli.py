@@ -145,6 +145,18 @@ CHECK_YOUR_LAB = """check the model on your lab before you rely on it:
   or most images are unusual: the model's promises were measured on cells like its training cells."""
 
 
+def review_below_flag(s) -> None:
+    s.add_argument("--review-below", type=float, default=None, metavar="P",
+                   help="accept no cell whose call's probability is below P: on top of the model folder's fitted "
+                        f"policy, which it can only make stricter (default: the folder's policy; {REVIEW_BELOW} "
+                        "for a folder without one)")
+
+
+def checked_review_below(a) -> None:
+    if a.review_below is not None and not 0 <= a.review_below <= 1:
+        raise MarrowscopeError(f"--review-below is a probability between 0 and 1, not {a.review_below}.")
+
+
 def _add_evaluate(sub) -> None:
     from marrowscope.core.data import SPLIT_CHOICES
 
@@ -154,6 +166,7 @@ def _add_evaluate(sub) -> None:
     s.add_argument("--split", default="test", choices=SPLIT_CHOICES)
     s.add_argument("--out", required=True)
     s.add_argument("--resume", action="store_true", help="finish an interrupted run from OUT/predictions.csv.partial")
+    review_below_flag(s)
     inference_flags(s)
     launch_flags(s)
     s.set_defaults(func=cmd_evaluate)
@@ -165,7 +178,8 @@ def cmd_evaluate(a) -> None:
     from marrowscope.report.evaluate import evaluate, format_report
 
     model_then_data(a)
-    predictor = Predictor(a.model, backend=a.backend, tta=a.tta, pixel_size=a.pixel_size)
+    checked_review_below(a)
+    predictor = Predictor(a.model, backend=a.backend, tta=a.tta, pixel_size=a.pixel_size, review_below=a.review_below)
     m = evaluate(predictor, data_or_default(a.data), a.split, a.out, seed=a.seed, data_root=a.data_root,
                  launch=launch_settings(a), resume=a.resume)
     if m is None:  # a DDP rank other than 0: rank 0 reports
@@ -233,10 +247,7 @@ def _add_predict(sub) -> None:
     s.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
     s.add_argument("--out", default="predictions.csv")
     s.add_argument("--top-k", type=int, default=3)
-    s.add_argument("--review-below", type=float, default=None, metavar="P",
-                   help="accept no cell whose call's probability is below P: on top of the model folder's fitted "
-                        f"policy, which it can only make stricter (default: the folder's policy; {REVIEW_BELOW} "
-                        "for a folder without one)")
+    review_below_flag(s)
     s.add_argument("--batch-size", type=int, default=32)
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.add_argument("--resume", action="store_true", help="finish an interrupted run from OUT.partial (the results "
@@ -250,8 +261,7 @@ def cmd_predict(a) -> None:
     from marrowscope.core.batch import run_batch
     from marrowscope.core.predict import Predictor
 
-    if a.review_below is not None and not 0 <= a.review_below <= 1:
-        raise MarrowscopeError(f"--review-below is a probability between 0 and 1, not {a.review_below}.")
+    checked_review_below(a)
     predictor = Predictor(a.model, backend=a.backend, tta=a.tta, pixel_size=a.pixel_size, review_below=a.review_below)
     result = run_batch(predictor, a.paths, a.out, top_k=a.top_k, batch_size=a.batch_size, progress=not a.quiet,
                        launch=launch_settings(a), resume=a.resume)
