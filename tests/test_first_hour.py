@@ -13,8 +13,9 @@ import pytest
 import marrowscope
 from marrowscope.apps.cli import adapt_report, build_parser, main
 from marrowscope.core.artifacts import write_settings
-from marrowscope.core.batch import COLUMNS, BatchResult
+from marrowscope.core.batch import BatchResult
 from marrowscope.core.classes import CLASSES
+from marrowscope.core.columns import COLUMNS
 from marrowscope.core.policy import DECISIONS
 from tests.conftest import make_dataset, synthetic_cell
 

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
-from marrowscope.core.columns import COLUMNS, columns_help  # noqa: F401 (the CSV's columns, for its users)
 from marrowscope.core.csvfiles import write_csv
 from marrowscope.core.errors import Unreadable
 from marrowscope.core.images import collect_images

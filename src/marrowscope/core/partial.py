@@ -82,8 +82,7 @@ class PartialFile:
     def for_rank(self, rank: int) -> "PartialFile":
         """The partial file DDP rank ``rank`` writes its own results to (what was read back stays here)."""
         other = object.__new__(PartialFile)
-        other.path = Path(f"{partial_path(self.path.name.split('.partial')[0])}.rank{rank}")
-        other.path = self.path.parent / other.path.name
+        other.path = self.path.parent / f"{self.path.name.split('.partial')[0]}.partial.rank{rank}"
         other.ident, other.done, other.kept, other._fh, other._synced = self.ident, {}, 0, None, time.monotonic()
         return other
 
