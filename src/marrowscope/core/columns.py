@@ -15,9 +15,10 @@ COLUMNS = {
                  "costs most)",
     "probability": "the calibrated probability (0-1) of the call",
     "topN, pN": "the N-th most probable cell type and its probability (N = 1 to --top-k)",
-    "decision": "accepted: reliable at the model folder's accepted-cell accuracy, no one needs to look (never "
-                "for an unusual image, where that accuracy does not hold); review: a person should look; "
-                "possible-blast: not called a blast, but a blast cannot be ruled out, a person must look",
+    "decision": "accepted: the call is as reliable as the model folder promises for accepted cells (the "
+                "bundled model: at least 97% right), so it may be counted without a second look; never for an "
+                "unusual image, where that promise does not hold; review: a person should look; possible-blast: "
+                "not called a blast, but a blast cannot be ruled out, a person must look",
     "set": "the prediction set: the cell types that together hold the true one for 95% of cells like the "
            "training cells, most probable first, |-separated; empty for an unusual image (the 95% does not hold "
            "there) or a model folder without sets",
