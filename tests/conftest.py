@@ -42,6 +42,15 @@ def make_dataset(root: Path, per_class: int = 12, classes=CLASSES, nested: bool 
     return root
 
 
+def make_cell_folder(folder: Path, n: int, seed: int = 0) -> Path:
+    """A flat folder of ``n`` unlabelled synthetic cells, as a lab has them, and one file that is not an image."""
+    folder.mkdir(parents=True)
+    for k in range(n):
+        synthetic_cell(k % 7, seed + k).save(folder / f"cell{k:03d}.png")
+    (folder / "broken.png").write_bytes(b"not an image")
+    return folder
+
+
 @pytest.fixture
 def dataset(tmp_path) -> Path:
     return make_dataset(tmp_path / "cells")

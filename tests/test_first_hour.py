@@ -17,7 +17,7 @@ from marrowscope.core.batch import BatchResult
 from marrowscope.core.classes import CLASSES
 from marrowscope.core.columns import COLUMNS
 from marrowscope.core.policy import DECISIONS
-from tests.conftest import make_dataset, synthetic_cell
+from tests.conftest import make_cell_folder, make_dataset
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -41,12 +41,7 @@ def test_every_csv_column_is_explained_in_predict_help_and_the_readme(capsys):
 
 @pytest.fixture(scope="module")
 def cells(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("lab") / "cells"
-    folder.mkdir()
-    for k in range(14):
-        synthetic_cell(k % 7, 900 + k).save(folder / f"cell{k:02d}.png")
-    (folder / "broken.png").write_bytes(b"not an image")
-    return folder
+    return make_cell_folder(tmp_path_factory.mktemp("lab") / "cells", 14, seed=900)
 
 
 @pytest.fixture(scope="module")

@@ -15,17 +15,12 @@ from marrowscope.core.artifacts import write_settings
 from marrowscope.core.data import load_samples
 from marrowscope.core.partial import PartialFile, identity, partial_path
 from marrowscope.core.predict import Predictor
-from tests.conftest import synthetic_cell
+from tests.conftest import make_cell_folder, synthetic_cell
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    root = tmp_path_factory.mktemp("many") / "cells"
-    root.mkdir()
-    for k in range(40):
-        synthetic_cell(k % 7, 2000 + k).save(root / f"cell{k:03d}.png")
-    (root / "broken.png").write_bytes(b"not an image")
-    return root
+    return make_cell_folder(tmp_path_factory.mktemp("many") / "cells", 40, seed=2000)
 
 
 @pytest.fixture(scope="module")
