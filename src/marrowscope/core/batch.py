@@ -164,7 +164,10 @@ def predict_files(predictor: Predictor, files: Sequence[Path], *, batch_size: in
     except BaseException:  # Ctrl-C or an error: what is finished stays, and the user is told where
         if keep:
             keep.close()
-            if keep.held():
+            if launch:  # each rank kept its own results
+                print(f"interrupted: the ranks' finished results are kept in {keep.path}.rankK; run the same "
+                      "command with --resume to finish", file=sys.stderr)
+            elif keep.held():
                 print(f"interrupted: {keep.held()} finished result(s) kept in {keep.path}; run the same command "
                       "with --resume to finish", file=sys.stderr)
         raise
