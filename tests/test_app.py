@@ -273,3 +273,12 @@ def test_batch_fills_as_it_goes_and_a_cancel_keeps_the_finished_cells(predictor,
     assert sum(c[1] for c in counts) == 2
     *_, last = batch_steps(predictor, images, state, every=2)
     assert len(last[0]) == 5 and "so far" not in last[5]
+
+
+def test_the_model_view_shows_the_card_without_its_hub_metadata(tiny_model, tmp_path):
+    import shutil
+
+    model = shutil.copytree(tiny_model, tmp_path / "m")
+    (model / "MODEL_CARD.md").write_text("---\nlibrary_name: timm\nlicense: apache-2.0\n---\n\n# A card\n\nText.\n")
+    card = model_views(model)["card"]
+    assert card.startswith("# A card") and "library_name" not in card

@@ -32,8 +32,16 @@ def model_views(model_dir: Path) -> dict:
     else:
         view["metrics_note"] = "This model folder has no test report (run `marrowscope evaluate`)."
     card = model_dir / "MODEL_CARD.md"
-    view["card"] = card.read_text() if card.is_file() else "This model folder has no MODEL_CARD.md."
+    view["card"] = _without_front_matter(card.read_text()) if card.is_file() else \
+        "This model folder has no MODEL_CARD.md."
     return view
+
+
+def _without_front_matter(text: str) -> str:
+    """A model card as a person reads it: the Hugging Face metadata block at its top is for the Hub."""
+    if text.startswith("---\n") and "\n---\n" in text[4:]:
+        return text[4:].split("\n---\n", 1)[1].lstrip()
+    return text
 
 
 def data_views(model_dir: Path, classes: list[str]):
