@@ -282,3 +282,23 @@ def test_the_model_view_shows_the_card_without_its_hub_metadata(tiny_model, tmp_
     (model / "MODEL_CARD.md").write_text("---\nlibrary_name: timm\nlicense: apache-2.0\n---\n\n# A card\n\nText.\n")
     card = model_views(model)["card"]
     assert card.startswith("# A card") and "library_name" not in card
+
+
+def test_classify_answers_before_the_grad_cam_network_has_loaded(predictor, tiny_model, tmp_path):
+    """Just after start-up the Grad-CAM network is still loading: the call and advice come at once, then
+    the map; once it has loaded, one answer with the map."""
+    from marrowscope.apps.app import classify_steps
+    from marrowscope.apps.app_models import LoadingExplainer
+
+    loading = LoadingExplainer(tiny_model)
+    image = _save(tmp_path, "a.png")
+    steps = classify_steps(predictor, loading, image)
+    top, overlay, advice = next(steps)
+    assert overlay is None and "map follows" in advice and len(top) == 3
+    loading.start()
+    top2, overlay, advice = next(steps)  # waits for the network
+    assert top2 == top and overlay.size == (32, 32) and "map follows" not in advice
+    assert [x[1] is not None for x in classify_steps(predictor, loading, image)] == [True]  # ready: one answer
+    broken = LoadingExplainer(tmp_path / "no-model").start()
+    with pytest.raises(gr.Error, match="Grad-CAM map cannot be drawn"):
+        list(classify_steps(predictor, broken, image))

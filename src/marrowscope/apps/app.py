@@ -16,7 +16,7 @@ from typing import Optional
 
 import gradio as gr
 
-from marrowscope.apps.app_models import SessionModels, adapt_to_review, banner, use_bundled
+from marrowscope.apps.app_models import LoadingExplainer, SessionModels, adapt_to_review, banner, use_bundled
 from marrowscope.apps.review import export_review
 from marrowscope.apps.views import cell_advice, data_views, example_images, model_views, scratch_dir
 from marrowscope.core.batch import UNUSUAL_WARNING, BatchResult
@@ -71,6 +71,17 @@ def classify(predictor: Predictor, explainer, image_path: Optional[str], pixel_s
         advice += (f"\n\nFocus: crisper than the training images, so blurred by {pred.blur_px:.1f} px to their "
                    "usual sharpness before classifying.")
     return {display_name(c): v for c, v in top}, overlay, advice
+
+
+def classify_steps(predictor: Predictor, explainer, image_path: Optional[str], pixel_size: Optional[float] = None):
+    """:func:`classify` for the Classify button: while the Grad-CAM network is still loading (just after
+    start-up), the call and advice at once, then again with the map."""
+    if explainer is None or getattr(explainer, "ready", True):
+        yield classify(predictor, explainer, image_path, pixel_size)
+        return
+    top, _, advice = classify(predictor, None, image_path, pixel_size)
+    yield top, None, advice + "\n\n*The Grad-CAM map follows in a moment.*"
+    yield classify(predictor, explainer, image_path, pixel_size)
 
 
 def _tidy(message: str, path, name: str) -> str:
@@ -194,8 +205,10 @@ def _classify_tab(models: SessionModels, model_state, examples: list[str], pixel
             cam = gr.Image(label="Grad-CAM: where the model looked", interactive=False)
     if examples:
         gr.Examples(examples, inputs=image, label="Examples, one per class")
-    go.click(lambda p, um, ms: classify(*models.get(ms), p, um), [image, pixel, model_state],
-             [label, cam, advice], api_name="classify")
+    def classify_view(p, um, ms):  # a generator: the call at once, the map when it can be drawn
+        yield from classify_steps(*models.get(ms), p, um)
+
+    go.click(classify_view, [image, pixel, model_state], [label, cam, advice], api_name="classify")
 
 
 def _batch_and_review_tabs(models: SessionModels, model_state, in_use, pixel_size: Optional[float]) -> None:
@@ -300,13 +313,16 @@ def launch(model: Optional[str] = None, host: str = "127.0.0.1", port: int = 786
     from marrowscope.core.data import default_data_dir
 
     predictor = Predictor(model)
-    explainer = None
-    if explain:
-        from marrowscope.report.explain import Explainer
-
-        explainer = Explainer(predictor.model_dir)
+    # Grad-CAM needs torch, timm and the network: they load once the server answers (see LoadingExplainer)
+    explainer = LoadingExplainer(predictor.model_dir) if explain else None
     examples = Path(examples_dir) if examples_dir else default_data_dir()
     demo = build_demo(predictor, explainer=explainer, examples_dir=examples, pixel_size=pixel_size)
     demo.queue(default_concurrency_limit=4)
-    return demo.launch(server_name=host, server_port=port, max_file_size=MAX_UPLOAD, show_error=False,
-                       **launch_kw)
+    blocking = not launch_kw.pop("prevent_thread_lock", False)
+    served = demo.launch(server_name=host, server_port=port, max_file_size=MAX_UPLOAD, show_error=False,
+                         prevent_thread_lock=True, **launch_kw)
+    if explainer is not None:
+        explainer.start()
+    if blocking:
+        demo.block_thread()
+    return served

@@ -21,6 +21,40 @@ from marrowscope.core.errors import MarrowscopeError
 from marrowscope.core.predict import Predictor
 
 
+class LoadingExplainer:
+    """Grad-CAM of a model folder, built in a thread started with the server (:meth:`start`): the server
+    answers at once rather than after torch, timm and the network have loaded, and a Classify that comes
+    before the map can be drawn answers without it first (``ready`` False), then with it."""
+
+    def __init__(self, model_dir: Path):
+        self.model_dir, self._explainer, self._error = Path(model_dir), None, None
+        self._done = threading.Event()
+
+    def start(self) -> "LoadingExplainer":
+        threading.Thread(target=self._load, name="load-grad-cam", daemon=True).start()
+        return self
+
+    def _load(self) -> None:
+        try:
+            from marrowscope.report.explain import Explainer
+
+            self._explainer = Explainer(self.model_dir)
+        except Exception as exc:  # said on first use, as a sentence
+            self._error = exc
+        finally:
+            self._done.set()
+
+    @property
+    def ready(self) -> bool:
+        return self._done.is_set()
+
+    def overlay(self, *args, **kwargs):
+        self._done.wait()
+        if self._error is not None:
+            raise MarrowscopeError(f"the Grad-CAM map cannot be drawn: {self._error}")
+        return self._explainer.overlay(*args, **kwargs)
+
+
 class SessionModels:
     """Predictors (and Grad-CAM explainers) by model folder, each loaded once."""
 
