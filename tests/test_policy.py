@@ -285,3 +285,14 @@ def test_an_unusual_cell_is_never_accepted():
     assert decide("a", doubt, CLASSES, policy, unusual=True).decision == "possible-blast"
     calls = policy.apply(np.stack([sure, sure]), CLASSES, np.array([True, False]))
     assert list(calls.decision) == ["accepted", "review"]
+
+
+def test_the_app_says_why_a_sure_cell_of_an_unusual_image_is_not_accepted():
+    from marrowscope.apps.views import cell_advice
+    from marrowscope.core.predict import decide
+
+    policy = Policy(0.5, None, True)
+    sure = np.array([0.0, 0.0, 0.99, 0.0, 0.0, 0.01, 0.0])
+    text = cell_advice(policy, CLASSES, decide("a", sure, CLASSES, policy, unusual=True))
+    assert "unlike the images the model learnt from" in text and "not sure enough" not in text
+    assert "accepted" in cell_advice(policy, CLASSES, decide("a", sure, CLASSES, policy, unusual=False))

@@ -98,6 +98,10 @@ def _decision_text(policy, classes, pred) -> str:
         p_blast = float(probs[list(classes).index("BLA")])
         return (f"**Possible blast: review by a person.** Predicted {display_name(label)} ({p:.0%}), but the "
                 f"blast probability ({p_blast:.0%}) is too high to rule a blast out.")
+    if decision == "review" and pred.unusual and p >= policy.accept_threshold:
+        return (f"**Review by a person:** this image looks unlike the images the model learnt from, and no cell "
+                f"of such an image is accepted, however sure the model is (here {p:.0%}): its accuracy was "
+                f"measured on cells like its training cells. Its best guess is {display_name(label)}.")
     if decision == "review":
         return (f"**Review by a person:** the model is not sure enough to accept this cell (top probability {p:.0%}, "
                 f"accepted from {policy.accept_threshold:.0%}). Its best guess is {display_name(label)}.")
