@@ -14,7 +14,6 @@ from typing import Optional, Sequence
 
 import lightning as L
 import numpy as np
-import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 
@@ -48,10 +47,11 @@ class _Files(Dataset):
 
 
 def _collate(items):
+    """A numpy batch: Lightning moves only tensors to the rank's device, and the Predictor moves its input
+    to its backend's device itself, so the images are not copied there and back."""
     xs, idx, held = zip(*items)
     shape = next((x.shape for x in xs if x is not None), (3, 1, 1))
-    batch = np.stack([x if x is not None else np.zeros(shape, np.float32) for x in xs])
-    return torch.from_numpy(batch), list(idx), list(held)
+    return np.stack([x if x is not None else np.zeros(shape, np.float32) for x in xs]), list(idx), list(held)
 
 
 class _Ranked(L.LightningModule):
@@ -69,7 +69,6 @@ class _Ranked(L.LightningModule):
         p = self.predictor
         ok = [k for k, h in enumerate(held) if isinstance(h, _Held)]
         files = [self.files[idx[k]] for k in ok]
-        x = x.cpu().numpy()  # the Predictor moves it to its backend's device itself
         raws = p.infer(files, [str(f) for f in files], [(x[k], *held[k].value) for k in ok]) if ok else []
         done = dict(zip(ok, map(p.finish, raws)))
         results = [(i, done.get(k, held[k])) for k, i in enumerate(idx)]

@@ -17,7 +17,6 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -66,10 +65,10 @@ def result_of(rec: dict) -> Result:
 
 
 class PartialFile:
-    """``OUT.partial`` of one run (``rank``: of one DDP rank, ``OUT.partial.rankK``)."""
+    """``OUT.partial`` of one run; :meth:`for_rank` gives a DDP rank's own, ``OUT.partial.rankK``."""
 
-    def __init__(self, out: str | Path, ident: dict, resume: bool, rank: Optional[int] = None):
-        self.path = partial_path(out) if rank is None else Path(f"{partial_path(out)}.rank{rank}")
+    def __init__(self, out: str | Path, ident: dict, resume: bool):
+        self.base = self.path = partial_path(out)
         self.ident, self.done, self.kept = ident, {}, 0
         if resume:
             for path in self.siblings():
@@ -82,14 +81,13 @@ class PartialFile:
     def for_rank(self, rank: int) -> "PartialFile":
         """The partial file DDP rank ``rank`` writes its own results to (what was read back stays here)."""
         other = object.__new__(PartialFile)
-        other.path = self.path.parent / f"{self.path.name.split('.partial')[0]}.partial.rank{rank}"
+        other.base, other.path = self.base, self.base.with_name(f"{self.base.name}.rank{rank}")
         other.ident, other.done, other.kept, other._fh, other._synced = self.ident, {}, 0, None, time.monotonic()
         return other
 
     def siblings(self) -> list[Path]:
         """This run's partial files: its own and those of DDP ranks."""
-        base = partial_path(self.path.name.split(".partial")[0])
-        return sorted(p for p in self.path.parent.glob(base.name + "*") if p.is_file())
+        return sorted(p for p in self.base.parent.glob(self.base.name + "*") if p.is_file())
 
     def add(self, result: Result) -> None:
         if self._fh is None:
