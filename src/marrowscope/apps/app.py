@@ -1,4 +1,4 @@
-"""The Gradio app: classify one cell, count a batch, review labels, and see the model and its data.
+"""The Gradio app: classify one cell, count a batch or whole fields, review labels, and see the model and its data.
 
 ``build_demo(predictor)`` returns the ``gr.Blocks``; ``marrowscope app`` and the Space's
 ``app.py`` launch it. Handlers are plain functions of their inputs (tested without a browser) that
@@ -17,6 +17,7 @@ from typing import Optional
 import gradio as gr
 
 from marrowscope.apps.app_models import LoadingExplainer, SessionModels, adapt_to_review, banner, use_bundled
+from marrowscope.apps.field_view import field_tab
 from marrowscope.apps.review import export_review
 from marrowscope.apps.views import cell_advice, data_views, example_images, model_views, scratch_dir
 from marrowscope.core.batch import UNUSUAL_WARNING, BatchResult
@@ -27,7 +28,7 @@ from marrowscope.core.predict import Predictor
 from marrowscope.core.uploads import expand_uploads
 from marrowscope.report.plots import count_figure
 
-MAX_UPLOAD = "15mb"              # per file, enforced by Gradio before a handler runs
+MAX_UPLOAD = "50mb"              # per file, enforced by Gradio before a handler runs (a whole field's JPEG fits)
 STATE_TTL_S = 3600               # a session's batch folder goes an hour after its last use
 CACHE_SWEEP = (3600, 3600)       # every hour, Gradio deletes its cached files older than an hour
 BATCH_STEP = 64                  # images between the Batch view's updates (each one Cancel keeps)
@@ -299,6 +300,8 @@ def build_demo(predictor: Predictor, *, explainer=None, examples_dir: Optional[P
         with gr.Tab("Classify"):
             _classify_tab(models, model_state, examples, pixel_size)
         _batch_and_review_tabs(models, model_state, in_use, pixel_size)
+        with gr.Tab("Field count"):
+            field_tab(models, model_state, pixel_size)
         with gr.Tab("Model"):
             _model_tab(predictor.model_dir)
         with gr.Tab("Data"):

@@ -22,6 +22,7 @@ from marrowscope.apps.cli_args import (
     model_then_data,
     train_flags,
 )
+from marrowscope.apps.cli_count import add_count, add_train_detector
 from marrowscope.apps.cli_serve import add_app, add_export_onnx, add_export_space
 from marrowscope.apps.cli_tools import add_average_weights, add_choose_second_zoom, add_fit_checks
 from marrowscope.core.classes import CLASSES
@@ -332,7 +333,8 @@ def cmd_adapt(a) -> None:
 
 
 SUBCOMMANDS = (_add_prepare, _add_stats, _add_train, _add_cv, _add_adapt, _add_evaluate, _add_calibrate, _add_predict,
-               add_app, add_export_onnx, add_export_space, add_fit_checks, add_choose_second_zoom, add_average_weights)
+               add_count, add_train_detector, add_app, add_export_onnx, add_export_space, add_fit_checks,
+               add_choose_second_zoom, add_average_weights)
 
 
 def quiet_frameworks() -> None:

@@ -85,7 +85,8 @@ def _open(fh, name: str, max_pixels: int) -> Image.Image:
             if w * h > max_pixels:
                 raise ImageDecodeError(
                     f"{name} is {w} x {h} pixels, above the limit of {max_pixels:,} pixels; "
-                    "crop single cells from large images first."
+                    "cut it into smaller images first (`marrowscope count` reads whole fields of up to "
+                    "8,000 x 8,000 px; `predict` reads single-cell crops)."
                 )
             if w < 1 or h < 1:
                 raise ImageDecodeError(f"{name} has no pixels ({w} x {h}).")
