@@ -7,7 +7,9 @@ Prints and writes (all on data no detector or classifier trained on):
 1. Detection on blood-fields' test split (117 peripheral-blood frames, 127 white cells; not marrow),
    white cells at IoU 0.5, by torchmetrics' MeanAveragePrecision: AP50, and the highest recall at
    precision >= 0.95; overall and apart for each frame size (each size is one source lab). Then, at the
-   shipped score threshold, precision and recall as ``count`` finds cells.
+   shipped score threshold, precision and recall as ``count`` finds cells. Then the same for whole
+   cells only (boxes clear of the frame's edge, in the labels and in the detections): what ``count``
+   counts.
 2. Marrow sanity check: the 525 test crops of the model's manifest (bone-marrow-7's test split), each
    given as a field; the share where a detected cell covers the image centre.
 3. End to end: other-lab-pbc's 500 images given as fields to ``count``; the share where the white cell
@@ -31,7 +33,7 @@ from marrowscope.core.manifest import read_manifest
 from marrowscope.core.predict import Predictor
 from marrowscope.core.samples import default_data_dir
 from marrowscope.fit.detection import read_frames
-from marrowscope.report.detection import by_frame_size, detection_metrics, score_frames
+from marrowscope.report.detection import by_frame_size, detection_metrics, score_frames, whole_cells
 
 
 def at_threshold(scored, threshold: float) -> dict:
@@ -67,8 +69,11 @@ def detection(detectors: dict, fields: Path) -> dict:
     for name, det in detectors.items():
         t = time.perf_counter()
         scored = score_frames(det, frames)
+        whole = whole_cells(scored)
         out[name] = {"all": detection_metrics(scored), "by_frame_size": by_frame_size(scored),
                      "at_shipped_threshold": at_threshold(scored, det.threshold),
+                     "whole_cells": detection_metrics(whole), "whole_cells_by_frame_size": by_frame_size(whole),
+                     "whole_cells_at_shipped_threshold": at_threshold(whole, det.threshold),
                      "seconds_per_frame": round((time.perf_counter() - t) / len(frames), 4)}
     return out
 
@@ -113,7 +118,7 @@ def main() -> None:
     root = default_data_dir().parent
     model_dir = resolve_model_dir(a.model)
     network = Detector(model_dir / "detector")
-    res = {"model": str(model_dir),
+    res = {"model": model_dir.name,
            "detection_blood_fields_test": detection({"network": network, "classical": NucleusDetector()},
                                                     Path(a.fields or root / "blood-fields"))}
     print(json.dumps(res["detection_blood_fields_test"], indent=1))

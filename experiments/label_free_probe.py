@@ -12,7 +12,8 @@ Candidates, each alone:
 - AdaBN: every batch-norm layer's statistics re-estimated on the 100 images (``replace``), or the
   average of the source's and the lab's (``mix 0.5``).
 Prints accuracy, recall per class and the share the domain check marks unusual. Needs torchstain
-(`pip install torchstain`; its numpy colour conversions only).
+(its numpy colour conversions only). Install it outside the project's .venv: its wheel ships a top-level
+`tests` package that shadows this repository's tests.
 """
 
 import argparse

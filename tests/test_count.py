@@ -242,3 +242,23 @@ def test_the_field_view_counts_and_shows_a_selected_cell(tmp_path, bundled):
     (tmp_path / "two.png").unlink()  # Gradio's cache sweeps uploads too
     with pytest.raises(gr.Error, match="expired"):
         cell_view(bundled, None, state, gr.SelectData(None, {"index": [0, 0], "value": ""}))
+
+
+@pytest.mark.slow
+def test_train_detector_writes_a_folder_that_count_uses(tmp_path):
+    from marrowscope.core.detect import Detector
+    from marrowscope.core.samples import default_data_dir
+
+    data = (default_data_dir() or Path("../shared/data/bone-marrow-7")).parent / "blood-fields"
+    if not (data / "images" / "train").is_dir():
+        pytest.skip(f"{data} is not here: the boxed frames train the detector")
+    out = tmp_path / "model" / "detector"
+    assert main(["train-detector", str(data), "--out", str(out), "--epochs", "1", "--limit", "8",
+                 "--batch-size", "4"]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert {"model.onnx", "model.safetensors", "config.json"} <= {p.name for p in out.iterdir()}
+    assert 0 <= cfg["threshold"] <= 1 and cfg["validation"]["frames"] == 8 and cfg["tile"] == TILE
+    frame = sorted((data / "images" / "val").glob("*.jpg"))[0]
+    image = Image.open(frame).convert("RGB")
+    boxes = find_cells(Detector(out), image, field_scale(image, None, 0.095), threshold=0.0)
+    assert all(0 <= b.x0 < b.x1 <= image.width and 0 <= b.y0 < b.y1 <= image.height for b in boxes)

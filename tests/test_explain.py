@@ -49,3 +49,25 @@ def test_heatmap_shape_and_range(explainer):
     cam, cls = explainer.heatmap(_three_bands(48, 48))
     assert cam.shape == tuple(explainer.info.data_config["input_size"][1:])
     assert 0 <= cam.min() and cam.max() <= 1 and 0 <= cls < len(explainer.info.classes)
+
+
+def test_the_bundled_explanation_needs_no_torch(tmp_path):
+    """The app's map for the bundled model comes from its ONNX file: drawn without torch, timm or grad-cam."""
+    import subprocess
+    import sys
+
+    from marrowscope.core.artifacts import DEFAULT_MODEL
+    from tests.conftest import synthetic_cell
+
+    if not (DEFAULT_MODEL / "model.onnx").is_file():
+        pytest.skip("the bundled model's ONNX file is not in this installation")
+    synthetic_cell(2, 7, size=96).save(tmp_path / "cell.png")
+    code = ("import sys\n"
+            "from marrowscope.apps.app_models import explainer_for\n"
+            "from marrowscope.core.predict import Predictor\n"
+            "e = explainer_for(Predictor())\n"
+            f"assert e.overlay({str(tmp_path / 'cell.png')!r}).size[0] > 100\n"
+            "print(type(e).__name__, sorted(m for m in ('torch', 'timm', 'pytorch_grad_cam') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "OnnxCam []"

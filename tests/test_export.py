@@ -69,3 +69,38 @@ def test_int8_that_disagrees_is_refused_and_an_unchecked_file_is_never_picked(on
     written, _ = export_int8(shutil.copytree(onnx_model, tmp_path / "other"), CALIBRATION, CHECK)
     shutil.copy(written, model / "model.int8.onnx")  # there, but not checked where this folder was made
     assert Predictor(model).backend == "onnx" and Predictor(model, backend="onnx-int8").backend == "onnx-int8"
+
+
+def test_the_onnx_file_gives_an_exact_class_activation_map(onnx_model):
+    """The head is average pooling and one linear layer, so the map's mean plus the bias is the logit:
+    the explanation the app draws from the ONNX file is exact, and needs no torch."""
+    from marrowscope.core.cam import CAM_KEY, MAPS_OUTPUT, OnnxCam
+
+    p = Predictor(onnx_model)
+    assert read_model_info(onnx_model).extra[CAM_KEY] == "classifier" and OnnxCam.available(p)
+    assert MAPS_OUTPUT not in p.outputs  # predictions do not copy the maps out
+    cam = OnnxCam(p)
+    from safetensors.numpy import load_file
+
+    bias = load_file(str(onnx_model / "model.safetensors"))["classifier.bias"]
+    x = p.load(synthetic_cell(3, 9))[0][None]
+    logits, maps = p.session.run(["logits", MAPS_OUTPUT], {p.input_name: x})
+    per_class = np.tensordot(cam.w, maps[0], axes=1).mean(axis=(1, 2)) + bias
+    assert np.allclose(per_class, logits[0], atol=1e-4)
+    heat = cam.heatmap(x[0], int(logits.argmax()))
+    assert heat.shape == maps.shape[2:] and heat.max() == pytest.approx(1.0) and heat.min() >= 0
+    assert cam.overlay(synthetic_cell(3, 9)).mode == "RGB"
+
+
+def test_a_light_space_needs_no_torch(onnx_model, tmp_path):
+    from marrowscope.fit.export import export_space
+
+    out = export_space(onnx_model, tmp_path / "space")
+    wanted = (out / "requirements.txt").read_text().split()
+    assert "onnxruntime" in wanted and not {"torch", "torchvision", "timm", "grad-cam>=1.5"} & set(wanted)
+    shutil.rmtree(out / "model")
+    shutil.copytree(onnx_model, out / "model")
+    (out / "model" / "model.onnx").unlink()  # without the ONNX file the Space needs torch for everything
+    shutil.rmtree(tmp_path / "space2", ignore_errors=True)
+    full = export_space(out / "model", tmp_path / "space2")
+    assert "torch" in (full / "requirements.txt").read_text().split()

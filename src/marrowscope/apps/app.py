@@ -16,7 +16,14 @@ from typing import Optional
 
 import gradio as gr
 
-from marrowscope.apps.app_models import LoadingExplainer, SessionModels, adapt_to_review, banner, use_bundled
+from marrowscope.apps.app_models import (
+    LoadingExplainer,
+    SessionModels,
+    adapt_to_review,
+    banner,
+    explainer_for,
+    use_bundled,
+)
 from marrowscope.apps.field_view import field_tab
 from marrowscope.apps.review import export_review
 from marrowscope.apps.views import cell_advice, data_views, example_images, model_views, scratch_dir
@@ -68,6 +75,8 @@ def classify(predictor: Predictor, explainer, image_path: Optional[str], pixel_s
                              "and the two averaged (README, \"Other labs\")." if predictor.second_zoom else "")
     if pred.scale is not None:
         advice += f"\n\nScale: {pred.scale}."
+    if overlay is not None:
+        advice += f"\n\nMap: {explainer.name}."
     if pred.blur_px:
         advice += (f"\n\nFocus: crisper than the training images, so blurred by {pred.blur_px:.1f} px to their "
                    "usual sharpness before classifying.")
@@ -203,7 +212,7 @@ def _classify_tab(models: SessionModels, model_state, examples: list[str], pixel
         with gr.Column():
             label = gr.Label(num_top_classes=3, label="Top 3 cell types", elem_id="top3")
             advice = gr.Markdown()
-            cam = gr.Image(label="Grad-CAM: where the model looked", interactive=False)
+            cam = gr.Image(label="Where the model looked (red: most evidence)", interactive=False)
     if examples:
         gr.Examples(examples, inputs=image, label="Examples, one per class")
     def classify_view(p, um, ms):  # a generator: the call at once, the map when it can be drawn
@@ -316,15 +325,16 @@ def launch(model: Optional[str] = None, host: str = "127.0.0.1", port: int = 786
     from marrowscope.core.data import default_data_dir
 
     predictor = Predictor(model)
-    # Grad-CAM needs torch, timm and the network: they load once the server answers (see LoadingExplainer)
-    explainer = LoadingExplainer(predictor.model_dir) if explain else None
+    # the exact map from the ONNX file needs nothing more; Grad-CAM's torch, timm and network load once the
+    # server answers (see LoadingExplainer)
+    explainer = explainer_for(predictor) if explain else None
     examples = Path(examples_dir) if examples_dir else default_data_dir()
     demo = build_demo(predictor, explainer=explainer, examples_dir=examples, pixel_size=pixel_size)
     demo.queue(default_concurrency_limit=4)
     blocking = not launch_kw.pop("prevent_thread_lock", False)
     served = demo.launch(server_name=host, server_port=port, max_file_size=MAX_UPLOAD, show_error=False,
                          prevent_thread_lock=True, **launch_kw)
-    if explainer is not None:
+    if isinstance(explainer, LoadingExplainer):
         explainer.start()
     if blocking:
         demo.block_thread()

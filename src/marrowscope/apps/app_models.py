@@ -21,10 +21,21 @@ from marrowscope.core.errors import MarrowscopeError
 from marrowscope.core.predict import Predictor
 
 
+def explainer_for(predictor: Predictor):
+    """Where the model looked, by the lightest method the folder allows: the exact class activation map from
+    its ONNX file (numpy, no torch; :mod:`marrowscope.core.cam`), else Grad-CAM, loaded in a thread once
+    :meth:`LoadingExplainer.start` is called (torch, timm and pytorch-grad-cam)."""
+    from marrowscope.core.cam import OnnxCam
+
+    return OnnxCam(predictor) if OnnxCam.available(predictor) else LoadingExplainer(predictor.model_dir)
+
+
 class LoadingExplainer:
     """Grad-CAM of a model folder, built in a thread started with the server (:meth:`start`): the server
     answers at once rather than after torch, timm and the network have loaded, and a Classify that comes
     before the map can be drawn answers without it first (``ready`` False), then with it."""
+
+    name = "Grad-CAM (pytorch-grad-cam)"
 
     def __init__(self, model_dir: Path):
         self.model_dir, self._explainer, self._error = Path(model_dir), None, None
@@ -70,10 +81,12 @@ class SessionModels:
             return self.default
         with self._lock:
             if folder not in self._loaded:
-                from marrowscope.report.explain import Explainer
-
                 # the same settings as the bundled model's predictor, on the adapted folder
-                self._loaded[folder] = (self.default[0].again(folder), Explainer(folder) if self.explain else None)
+                predictor = self.default[0].again(folder)
+                explainer = explainer_for(predictor) if self.explain else None
+                if isinstance(explainer, LoadingExplainer):
+                    explainer.start()
+                self._loaded[folder] = (predictor, explainer)
             return self._loaded[folder]
 
     def drop(self, model_state: Optional[dict]) -> None:
@@ -96,7 +109,11 @@ def adapt_to_review(models: SessionModels, archive: Path, model_state: Optional[
                     progress=gr.Progress(track_tqdm=True)):
     """Adapt the session's model to a reviewed.zip -> (zip of the adapted folder, note, new model state,
     banner). The previous adapted model of the session is removed."""
-    from marrowscope.fit.adapt import adapt
+    try:
+        from marrowscope.fit.adapt import adapt
+    except ImportError:  # a light installation (a Space without torch): the rest of the app serves on
+        raise gr.Error("Adapting trains the network, which needs PyTorch; this installation has none. Export the "
+                       "reviewed cells and run `marrowscope adapt` where marrowscope is fully installed.") from None
 
     source = models.get(model_state)[0].model_dir
     work = scratch_dir("adapted")

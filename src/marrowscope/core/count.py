@@ -35,6 +35,8 @@ from marrowscope.core.scale import Scale
 
 BLAST_CUTS = (5, 10, 20)  # % blasts where the WHO 2022 and ICC myeloid categories change
 NOT_IDENTIFIABLE = "NIF"
+DETECT_MARGIN_UM = 0.8  # a box within 2 detection pixels (0.8 µm) of the edge reaches it
+CROP_FIELDS = 1.6  # a frame at most this many training crops wide (in µm) may be a single-cell crop
 CELL_COLUMNS = ["field", "cell", "x0", "y0", "x1", "y1", "detector_score", "counted", "note"]
 
 
@@ -111,18 +113,21 @@ class FieldCounter:
         for k, box in enumerate(boxes, 1):
             cut = box.touches_edge(image.width, image.height, margin)
             out.cells.append(Cell(k, box, not cut, "cut by the frame's edge: not counted" if cut else ""))
+        centre = [c for c in out.cells if c.box.covers(image.width / 2, image.height / 2)]
+        # a frame about one training crop in size, its one whole cell (or none) over its centre, is a single-cell
+        # crop (an analyser's, or a hand crop): read whole, as predict reads it, rather than re-centred on a box
+        crop_like = max(image.size) * scale.pixel_size_um <= CROP_FIELDS * self.field_um
+        if centre and (not out.counted or (crop_like and out.counted == centre[:1] and len(out.counted) == 1)):
+            cell = out.counted[0] if out.counted else max(centre, key=lambda c: c.box.score)
+            cell.counted, cell.note = True, "the frame is a single-cell crop: read whole, as predict reads it"
+            out.note = "read as a single-cell crop"
+            cell.prediction = self.predictor.predict_one(image, self.pixel_size)
+            return out
         if not out.cells:
             out.note = "no white cell found"
         elif not out.counted:
-            centre = [c for c in out.cells if c.box.covers(image.width / 2, image.height / 2)]
-            if centre:  # a single-cell crop: its cell counts, read as predict reads the file
-                cell = max(centre, key=lambda c: c.box.score)
-                cell.counted, cell.note = True, "the frame is a single-cell crop: read whole, as predict reads it"
-                out.note = "read as a single-cell crop"
-                cell.prediction = self.predictor.predict_one(image, self.pixel_size)
-                return out
             out.note = "every white cell found is cut by the frame's edge"
-        todo = [c for c in out.counted]
+        todo = list(out.counted)
         if todo:
             side = self.field_um / scale.pixel_size_um
             windows = [cell_window(image, c.box, side) for c in todo]
@@ -132,8 +137,6 @@ class FieldCounter:
                 c.prediction = replace(r, scale=scale) if isinstance(r, Prediction) else None
         return out
 
-
-DETECT_MARGIN_UM = 0.8  # a box within 2 detection pixels (0.8 µm) of the edge reaches it
 
 
 def wilson(k: int, n: int) -> tuple[float, float]:

@@ -27,7 +27,7 @@ from PIL import Image
 
 from marrowscope.core.artifacts import DEFAULT_MODEL
 from marrowscope.core.errors import MarrowscopeError
-from marrowscope.core.scale import RED_CELL_UM, Scale, red_cell_diameters
+from marrowscope.core.scale import ASSUMED, RED_CELL_UM, Scale, estimate_pixel_size, red_cell_diameters
 
 DETECT_UM = 0.4  # µm per pixel the detector works at: a white cell (10-25 µm) is 25-60 px, a red cell 19 px
 TILE = 256  # px at the detection scale: 102 µm of the slide per tile
@@ -61,11 +61,14 @@ class Box:
 
 
 def field_scale(image: Image.Image, given_um: Optional[float], assumed_um: float) -> Scale:
-    """The frame's pixel size: ``given_um``, else pooled from the whole red cells of up to 9 windows
-    across the frame (one estimate for the frame, not one per cell), else ``assumed_um``."""
+    """The frame's pixel size: ``given_um``, else from its whole red cells (pooled over up to 9 windows of a
+    large frame: one estimate for the frame, not one per cell), else ``assumed_um``."""
     if given_um:
         return Scale(float(given_um), "given")
     w, h = image.size
+    if max(w, h) <= SCALE_WINDOW:  # a camera frame or crop: one estimate over it, as predict makes
+        um, n = estimate_pixel_size(image)
+        return Scale(um, f"from {n} red cells") if um else Scale(assumed_um, ASSUMED)
     side = min(SCALE_WINDOW, w, h)
     xs = np.linspace(0, w - side, 3 if w > 2 * side else 1).round().astype(int)
     ys = np.linspace(0, h - side, 3 if h > 2 * side else 1).round().astype(int)
@@ -75,7 +78,7 @@ def field_scale(image: Image.Image, given_um: Optional[float], assumed_um: float
         agree = [d for d in diameters if abs(d - med) <= 0.25 * med]
         if len(agree) >= 2:
             return Scale(RED_CELL_UM / float(np.median(agree)), f"from {len(agree)} red cells")
-    return Scale(assumed_um, "assumed: as the training images (no red cells found)")
+    return Scale(assumed_um, ASSUMED)
 
 
 def to_detection_scale(image: Image.Image, pixel_size_um: float) -> tuple[np.ndarray, float]:

@@ -169,17 +169,42 @@ class WithFeatures(nn.Module):
     cell type. Measured on this project's model (other-lab-pbc against the bone-marrow-7 test split,
     Mahalanobis distance): AUROC 0.76 with the pooled features, 0.85 at the last stage, 1.00 at
     stride 16 (``bench/other_labs.py``).
+
+    With ``maps``, a third output: the last feature maps [N, K, h, w], from which a class activation map
+    is exact where the head is global average pooling and one linear layer (:func:`cam_head`).
     """
 
-    def __init__(self, net: nn.Module):
+    def __init__(self, net: nn.Module, maps: bool = False):
         super().__init__()
-        self.net = net
+        self.net, self.maps = net, maps
         stages = list(net.feature_info) if hasattr(net, "feature_info") else []
         self.index = next((i for i, f in enumerate(stages) if f["reduction"] == 16), max(0, len(stages) // 2))
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         final, (mid,) = self.net.forward_intermediates(x, indices=[self.index], intermediates_only=False)
-        return self.net.forward_head(final), torch.cat([mid.mean((2, 3)), mid.std((2, 3))], 1)
+        out = (self.net.forward_head(final), torch.cat([mid.mean((2, 3)), mid.std((2, 3))], 1))
+        return (*out, final) if self.maps else out
+
+
+def cam_head(net: nn.Module) -> Optional[str]:
+    """The name of the linear layer whose weights turn the last feature maps into a class activation map,
+    where the head is exactly global average pooling then that layer (CAM, Zhou et al. 2016: the map of
+    class c is sum_k w_ck A_k, and its average over the map is the logit less the bias); None otherwise,
+    and Grad-CAM is used."""
+    for name in ("classifier", "fc", "head.fc"):  # timm's heads: EfficientNet, ResNet-like, ClassifierHead
+        try:
+            linear = net.get_submodule(name)
+        except AttributeError:
+            continue
+        owner = net.get_submodule(name.rsplit(".", 1)[0]) if "." in name else net
+        pool = getattr(owner, "global_pool", None)
+        extra = [m for n, m in owner.named_children() if n not in ("global_pool", name.rsplit(".", 1)[-1], "drop",
+                                                                     "flatten")] if owner is not net else []
+        if (getattr(pool, "pool_type", None) == "avg" and isinstance(linear, nn.Linear) and not any(
+                not isinstance(m, nn.Identity) for m in extra)
+                and linear.in_features == getattr(net, "num_features", linear.in_features)):
+            return name
+    return None
 
 
 def gradcam_target_layer(net: nn.Module) -> nn.Module:

@@ -28,6 +28,7 @@ from typing import Iterator, NamedTuple, Optional, Sequence, Union
 import numpy as np
 
 from marrowscope.core.artifacts import read_model_info, resolve_model_dir
+from marrowscope.core.cam import MAPS_OUTPUT
 from marrowscope.core.config import BACKENDS, ONNX_FILES, REVIEW_BELOW
 from marrowscope.core.domain import DomainCheck, flagged
 from marrowscope.core.errors import ImageDecodeError, MarrowscopeError, Unreadable
@@ -166,6 +167,8 @@ class Predictor:
             self.session = ort.InferenceSession(str(self.model_dir / ONNX_FILES[self.backend]), opts,
                                                 providers=["CPUExecutionProvider"])
             self.input_name = self.session.get_inputs()[0].name
+            # the outputs a prediction reads (a file may also hold feature maps, for explanations)
+            self.outputs = [o.name for o in self.session.get_outputs() if o.name != MAPS_OUTPUT]
         else:  # torch and timm load only for this backend: the ONNX path runs without them
             import torch
 
@@ -179,7 +182,7 @@ class Predictor:
                 self.net = self.net.to(device)
         self.domain = DomainCheck.load(self.model_dir) if domain_check else None
         # ONNX files exported before the domain check give logits only: the check is off with them
-        has_features = self.session is None or len(self.session.get_outputs()) > 1
+        has_features = self.session is None or len(self.outputs) > 1
         self.unusual_above = self.domain.threshold if self.domain is not None and has_features else None
         self.second_zoom = self.info.second_zoom if self.info.scale and second_reading else None
 
@@ -216,7 +219,7 @@ class Predictor:
         without domain statistics)."""
         views = tta_views(batch, self.tta)
         if self.session is not None:
-            outputs = self.session.run(None, {self.input_name: views})
+            outputs = self.session.run(self.outputs, {self.input_name: views})
             logits, feats = outputs[0], (outputs[1] if len(outputs) > 1 else None)
         else:
             import torch

@@ -60,7 +60,9 @@ def read_frames(root: str | Path, split: str) -> list[Frame]:
         boxes = [[(float(x) - float(bw) / 2) * w, (float(y) - float(bh) / 2) * h,
                   (float(x) + float(bw) / 2) * w, (float(y) + float(bh) / 2) * h]
                  for c, x, y, bw, bh in rows if int(c) == WHITE_CELL]
-        frames.append(Frame(path, np.asarray(boxes, np.float32).reshape(-1, 4), (w, h)))
+        boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+        # one box repeated is one cell: a test frame of blood-fields lists the same white cell six times
+        frames.append(Frame(path, np.unique(boxes.round(2), axis=0), (w, h)))
     return frames
 
 
@@ -206,8 +208,8 @@ def train_detector(data: str | Path, out: str | Path, *, arch: str = "tf_efficie
     threshold, at = choose_threshold(scored)
     config = {"architecture": arch, "tile": TILE, "overlap": OVERLAP, "detect_um": DETECT_UM,
               "threshold": round(threshold, 4), "assumed_um": ASSUMED_UM,
-              "validation": {"frames": len(val_frames), "data": str(data), **at},
-              "trained_on": f"{len(train_frames)} frames of {data} (train split), {epochs} epochs"}
+              "validation": {"frames": len(val_frames), "data": f"{Path(data).name} (val split)", **at},
+              "trained_on": f"{len(train_frames)} frames of {Path(data).name} (train split), {epochs} epochs"}
     write_detector_folder(net, out, config)
     return out
 
@@ -242,6 +244,9 @@ def write_detector_folder(net, out: str | Path, config: dict) -> Path:
         save_file(state, str(tmp / "model.safetensors"))
         export_detector_onnx(net, tmp / "model.onnx", config["tile"])
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        for f in tmp.iterdir():
+            f.chmod(0o644)
+        tmp.chmod(0o755)  # mkdtemp made it private; a model folder is for everyone who runs marrowscope
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

@@ -11,12 +11,13 @@ import numpy as np
 import torch
 
 from marrowscope.core.artifacts import load_model_folder, resolve_model_dir, write_settings
+from marrowscope.core.cam import CAM_KEY, MAPS_OUTPUT
 from marrowscope.core.classes import CLASSES
 from marrowscope.core.data import default_data_dir
 from marrowscope.core.errors import MarrowscopeError
 from marrowscope.core.images import ImageSource, collect_images, decode_image
 from marrowscope.core.manifest import read_manifest
-from marrowscope.core.model import WithFeatures
+from marrowscope.core.model import WithFeatures, cam_head
 from marrowscope.core.predict import probs_from_logits
 from marrowscope.core.preprocess import Preprocess
 
@@ -36,7 +37,8 @@ def export_onnx(model_dir: str | Path, images: Sequence[ImageSource] = (), opset
 
     model_dir = Path(model_dir)
     net, info = load_model_folder(model_dir)
-    net = WithFeatures(net).eval()  # outputs logits and the pooled features of the domain check
+    head = cam_head(net)  # where the head allows it, the last feature maps too: explanations without torch
+    net = WithFeatures(net, maps=head is not None).eval()  # logits and the domain check's pooled features
     h, w = info.data_config["input_size"][1:]
     if images:
         preprocess = Preprocess.for_model(info)  # the Predictor's own preprocessing
@@ -45,14 +47,15 @@ def export_onnx(model_dir: str | Path, images: Sequence[ImageSource] = (), opset
         x = torch.randn(4, 3, h, w)
     tmp = model_dir / "model.onnx.tmp"
     batch = torch.export.Dim("batch", min=1, max=1024)
-    torch.onnx.export(net, (x[:2],), str(tmp), input_names=["image"], output_names=["logits", "features"],
+    names = ["logits", "features"] + ([MAPS_OUTPUT] if head else [])
+    torch.onnx.export(net, (x[:2],), str(tmp), input_names=["image"], output_names=names,
                       opset_version=opset, dynamic_shapes={"x": {0: batch}}, dynamo=True, external_data=False,
                       verbose=False)
     _drop_stack_traces(tmp)
     sess = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
     with torch.inference_mode():
         ref = torch.softmax(net(x)[0], 1).numpy()
-    got = probs_from_logits(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0][None])
+    got = probs_from_logits(sess.run(["logits"], {sess.get_inputs()[0].name: x.numpy()})[0][None])
     diff = float(np.abs(got - ref).max())
     if diff > atol:
         tmp.unlink()
@@ -60,6 +63,7 @@ def export_onnx(model_dir: str | Path, images: Sequence[ImageSource] = (), opset
                                "not written.")
     out = model_dir / "model.onnx"
     tmp.replace(out)
+    write_settings(model_dir, **{CAM_KEY: head})
     # an INT8 model made from the previous file no longer matches it
     (model_dir / "model.int8.onnx").unlink(missing_ok=True)
     if info.extra.get("int8"):
@@ -94,6 +98,18 @@ if __name__ == "__main__":
     launch("model", host=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
            port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")), examples_dir="examples")
 '''
+
+# A folder whose ONNX file gives the class activation map serves everything but Adapt without PyTorch:
+# a light Space (no 5 GB CUDA build of torch for a CPU model).
+SPACE_REQUIREMENTS_LIGHT = """\
+numpy
+scipy
+pillow
+matplotlib
+safetensors
+onnxruntime
+gradio=={gradio}
+"""
 
 SPACE_REQUIREMENTS = """\
 torch
@@ -133,7 +149,10 @@ def export_space(model_dir: Optional[str | Path], out_dir: str | Path,
             target.mkdir(exist_ok=True)
             shutil.copy(e, target)
     (out / "app.py").write_text(SPACE_APP)
-    (out / "requirements.txt").write_text(SPACE_REQUIREMENTS.format(gradio=gradio.__version__))
+    light = (src / "model.onnx").is_file() and bool(info.extra.get(CAM_KEY)) and (
+        not (src / "detector").is_dir() or (src / "detector" / "model.onnx").is_file())
+    (out / "requirements.txt").write_text((SPACE_REQUIREMENTS_LIGHT if light else SPACE_REQUIREMENTS).format(
+        gradio=gradio.__version__))
     (out / "README.md").write_text(textwrap.dedent(f"""\
         ---
         title: marrowscope
@@ -150,9 +169,10 @@ def export_space(model_dir: Optional[str | Path], out_dir: str | Path,
         # marrowscope: bone-marrow cell classifier
 
         Upload a single-cell crop of a May-Grünwald-Giemsa stained bone-marrow smear; the app shows
-        the three most likely of {len(info.classes)} cell types ({", ".join(info.classes)}), a Grad-CAM
-        map, batch differential counts and the model's test metrics. Research and education only;
-        not a medical device. Model: `{info.architecture}`; see `model/MODEL_CARD.md`.
+        the three most likely of {len(info.classes)} cell types ({", ".join(info.classes)}), a map of
+        where the model looked, batch differential counts, whole-field counts and the model's test
+        metrics. Research and education only; not a medical device. Model: `{info.architecture}`; see
+        `model/MODEL_CARD.md`.
 
         Trained on images of the Bone Marrow Cytomorphology collection (Matek et al., 2021, CC BY 4.0):
         Matek C. et al., Blood 138(20):1917-1927, https://doi.org/10.1182/blood.2020010568 and

@@ -71,6 +71,21 @@ def choose_threshold(scored: Sequence[Scored]) -> tuple[float, dict]:
     return (m["score_at_precision_95"] if m["score_at_precision_95"] is not None else 0.5), m
 
 
+def whole_cells(scored: Sequence[Scored], margin: float = 3.0) -> list[Scored]:
+    """The same frames with only what ``count`` counts: ground-truth boxes and detections that stay
+    ``margin`` px clear of the frame's edge (a cell cut by the edge is listed, never counted)."""
+    def clear(boxes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        w, h = size
+        return ((boxes[:, 0] > margin) & (boxes[:, 1] > margin) & (boxes[:, 2] < w - margin)
+                & (boxes[:, 3] < h - margin))
+
+    out = []
+    for s in scored:
+        keep = clear(s.boxes, s.size)
+        out.append(Scored(s.size, s.truth[clear(s.truth, s.size)], s.boxes[keep], s.scores[keep]))
+    return out
+
+
 def by_frame_size(scored: Sequence[Scored]) -> dict[str, dict]:
     """:func:`detection_metrics` apart for each frame size (each size is one source lab here)."""
     sizes = sorted({s.size for s in scored})

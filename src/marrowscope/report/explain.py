@@ -17,7 +17,12 @@ from marrowscope.core.preprocess import Preprocess
 
 
 class Explainer:
-    """Grad-CAM heatmaps of a model folder's network (always PyTorch: gradients are needed)."""
+    """Grad-CAM heatmaps of a model folder's network (always PyTorch: gradients are needed). For networks
+    whose head is average pooling and one linear layer, :class:`marrowscope.core.cam.OnnxCam` gives the
+    same map without torch; this is for the others, and for folders without the ONNX feature maps."""
+
+    name = "Grad-CAM (pytorch-grad-cam)"
+    ready = True
 
     def __init__(self, model_dir: str | Path, pixel_size: Optional[float] = None):
         from pytorch_grad_cam import GradCAM
