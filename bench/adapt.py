@@ -17,7 +17,7 @@ from pathlib import Path
 from marrowscope.core.artifacts import resolve_model_dir
 from marrowscope.core.data import default_data_dir
 from marrowscope.core.predict import Predictor
-from marrowscope.fit.adapt import MIX, adapt
+from marrowscope.fit.adapt import MIX, REPLAY_DISTILL, adapt
 from marrowscope.report.evaluate import evaluate
 
 
@@ -28,6 +28,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--mix", type=float, default=MIX)
+    ap.add_argument("--distill", type=float, default=REPLAY_DISTILL, help="replayed images' weight on the source's "
+                    "probabilities")
     ap.add_argument("--out", default="docs/results/adapt.json")
     a = ap.parse_args()
     source = resolve_model_dir(a.model)
@@ -52,16 +54,18 @@ def main() -> None:
             for seed in a.seeds:
                 out = work / f"adapted{k}_{seed}"
                 t = time.perf_counter()
-                adapt(cells, source, out, epochs=a.epochs, holdout=0, seed=seed, mix=a.mix)
+                adapt(cells, source, out, epochs=a.epochs, holdout=0, seed=seed, mix=a.mix, distill=a.distill)
                 secs = time.perf_counter() - t
                 lab = evaluate(Predictor(out), rest, "all")
                 own = evaluate(Predictor(out), source / "manifest.csv", "test")
                 recall = {c: r["recall"] for c, r in lab["per_class"].items() if r["support"]}
-                rows.append({"cells_per_class": k, "seed": seed, "mix": a.mix, "adapt_seconds": round(secs, 1),
+                rows.append({"cells_per_class": k, "seed": seed, "mix": a.mix, "replay_distill": a.distill,
+                             "adapt_seconds": round(secs, 1),
                              "other_lab_accuracy_before": before_lab["accuracy"],
                              "other_lab_accuracy_after": lab["accuracy"], "other_lab_recall_after": recall,
                              "own_test_macro_f1_before": before_own["macro_f1"],
                              "own_test_macro_f1_after": own["macro_f1"],
+                             "own_test_blast_recall_before": before_own["per_class"]["BLA"]["recall"],
                              "own_test_blast_recall_after": own["per_class"]["BLA"]["recall"],
                              # the adapted folder's refitted domain check on both labs' images
                              "other_lab_warned_after": lab.get("unusual_share"),

@@ -162,3 +162,27 @@ def test_adapt_says_what_it_did_and_nothing_a_lab_user_would_not_understand(tiny
     assert "95% interval" in text and "domain check was refitted" in text
     for chatter in ("💡", "Found ", "val_dataloader", "GPU available", "TPU available", "LOCAL_RANK"):
         assert chatter not in text, chatter
+
+
+def test_replayed_images_are_learnt_from_the_source_networks_own_probabilities(tiny_model, tmp_path):
+    """So that a lab without blasts does not teach the network to forget them at home: the new lab's cells
+    keep their labels, the replayed images carry what the source network said of them."""
+    import numpy as np
+
+    from marrowscope.core.data import scan_folder
+    from marrowscope.core.predict import Predictor
+    from marrowscope.fit.adapt import teacher_targets
+
+    classes = read_model_info(tiny_model).classes
+    lab = scan_folder(make_dataset(tmp_path / "lab", per_class=2, classes=("EOS", "LYT")))[0]
+    home = scan_folder(make_dataset(tmp_path / "home", per_class=2))[0]
+    cells, soft = teacher_targets(tiny_model, lab, home, classes, 0.5)
+    assert len(cells) == len(lab) + len(home) and set(soft) == {c.rel for c in cells}
+    for c in cells[: len(lab)]:
+        assert soft[c.rel][classes.index(c.label)] == 1.0 and soft[c.rel].sum() == 1.0
+    p = Predictor(tiny_model, tta=False, second_reading=False)
+    for c in cells[len(lab):]:
+        logits = p.stacked_logits([c.path])[0][0, 0]
+        expected = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+        assert np.allclose(soft[c.rel], expected, atol=1e-5)
+    assert teacher_targets(tiny_model, lab, home, classes, 0.0)[1] is None

@@ -19,10 +19,11 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (make test installs it)")
 def test_upload_shows_top3(real_data, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api")
-    from marrowscope.report.explain import Explainer
+    from marrowscope.apps.app_models import explainer_for
 
     predictor = Predictor()
-    demo = build_demo(predictor, explainer=Explainer(predictor.model_dir))
+    explainer = explainer_for(predictor)  # as `marrowscope app` and the Space choose it: the map from the ONNX file
+    demo = build_demo(predictor, explainer=explainer)
     demo.queue()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -47,6 +48,7 @@ def test_upload_shows_top3(real_data, tmp_path):
             page.screenshot(path=str(shot), full_page=True)
             text = page.inner_text("body")
             top3 = page.locator("#top3").inner_text()  # the Label output alone, not the header's class list
+            page.locator("#cam img").first.wait_for(timeout=60_000)  # the map of where the model looked
             # the Field count view: a whole field in, the count and its overlay out
             page.get_by_role("tab", name="Field count").click()
             page.locator("#field-files input[type=file]").set_input_files(str(field))
@@ -57,7 +59,7 @@ def test_upload_shows_top3(real_data, tmp_path):
             page.screenshot(path=str(tmp_path / "field.png"), full_page=True)
             overlays = page.locator("#field-overlays img").count()
             browser.close()
-        assert "Most likely" in text
+        assert "Most likely" in text and f"Map: {explainer.name}" in text
         shown = [name for name in FULL_NAMES.values() if f"{name} (" in top3]
         assert len(shown) == 3 and "Eosinophil" in shown, top3
         assert top3.count("%") >= 3, top3

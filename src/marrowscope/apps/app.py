@@ -212,7 +212,7 @@ def _classify_tab(models: SessionModels, model_state, examples: list[str], pixel
         with gr.Column():
             label = gr.Label(num_top_classes=3, label="Top 3 cell types", elem_id="top3")
             advice = gr.Markdown()
-            cam = gr.Image(label="Where the model looked (red: most evidence)", interactive=False)
+            cam = gr.Image(label="Where the model looked (red: most evidence)", interactive=False, elem_id="cam")
     if examples:
         gr.Examples(examples, inputs=image, label="Examples, one per class")
     def classify_view(p, um, ms):  # a generator: the call at once, the map when it can be drawn

@@ -291,6 +291,9 @@ def _add_adapt(sub) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--mix", type=float, default=None, help="weight of the fine-tuned network against the source's "
                    "(default 0.5: keeps what the source knows, README 'Adapting to a lab'; 1: the fine-tune alone)")
+    s.add_argument("--replay-distill", type=float, default=None, help="weight of the source model's own "
+                   "probabilities in the replayed images' targets (default 0.5: keeps its blasts at home; 0: labels "
+                   "only)")
     s.add_argument("--workers", type=int, default=2)
     s.add_argument("--data-root", default=None, help="folder that now holds a manifest's class folders")
     s.set_defaults(func=cmd_adapt)
@@ -326,7 +329,8 @@ def cmd_adapt(a) -> None:
     from marrowscope.fit.adapt import adapt
 
     r = adapt(a.data, a.source, a.out, replay=a.replay, epochs=a.epochs, lr=a.lr, holdout=a.holdout, seed=a.seed,
-              workers=a.workers, data_root=a.data_root, **({} if a.mix is None else {"mix": a.mix}))
+              workers=a.workers, data_root=a.data_root, **({} if a.mix is None else {"mix": a.mix}),
+              **({} if a.replay_distill is None else {"distill": a.replay_distill}))
     for u in r["unreadable"]:
         print(f"skipped {u['path']}: {u['reason']}", file=sys.stderr)
     print(adapt_report(r, a.out))

@@ -8,8 +8,9 @@ The rules a count follows:
 - Tiles of one frame share an overlap wider than a cell, and a cell is taken only from the tile that owns
   its centre, so no cell is counted twice within a frame. Frames are taken as distinct fields of view:
   overlapping frames of one slide must be stitched (or cropped apart) first.
-- A frame with no whole cell but a cell over its centre is a single-cell crop: that cell is counted, read
-  exactly as ``predict`` reads the file.
+- A single-cell crop counts its cell, read exactly as ``predict`` reads the file: a frame with no whole
+  cell but one over its centre, or a frame about one training crop wide (an analyser's crop) whose one
+  whole cell covers its centre.
 - The differential's percentages are of the identifiable cells: NIF (not identifiable) cells are counted
   and listed beside them, as a smear's smudge cells are, not in the 100%.
 """

@@ -245,16 +245,15 @@ def find_cells(detector, image: Image.Image, scale: Scale, threshold: Optional[f
     found = []
     for part, x, y, (cx0, cy0, cx1, cy1) in tiles(array, detector.tile):
         boxes, scores = detector.tile_boxes(part)
-        h, w = array.shape[:2]
         for (bx0, by0, bx1, by1), s in zip(boxes, scores):
-            if s < cut:
+            mx, my = x + (bx0 + bx1) / 2, y + (by0 + by1) / 2  # the centre, in the array's pixels
+            if s < cut or not (cx0 <= mx < cx1 and cy0 <= my < cy1):
                 continue
-            # into the array's pixels, clipped to the frame (a tile's padding is not the slide)
-            bx0, bx1 = max(0.0, bx0 + x), min(float(w), bx1 + x)
-            by0, by1 = max(0.0, by0 + y), min(float(h), by1 + y)
-            mx, my = (bx0 + bx1) / 2, (by0 + by1) / 2
-            if cx0 <= mx < cx1 and cy0 <= my < cy1 and bx1 > bx0 and by1 > by0:
-                found.append(Box(bx0 / factor, by0 / factor, bx1 / factor, by1 / factor, float(s)))
+            # into the frame's pixels, clipped to it (a tile's padding is not the slide)
+            fx0, fy0 = max(0.0, (bx0 + x) / factor), max(0.0, (by0 + y) / factor)
+            fx1, fy1 = min(float(image.width), (bx1 + x) / factor), min(float(image.height), (by1 + y) / factor)
+            if fx1 > fx0 and fy1 > fy0:
+                found.append(Box(float(fx0), float(fy0), float(fx1), float(fy1), float(s)))
     return sorted(found, key=lambda b: (b.y0, b.x0))
 
 

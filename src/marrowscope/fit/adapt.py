@@ -14,6 +14,7 @@ import sys
 import tempfile
 import zipfile
 from collections import Counter, defaultdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -45,6 +46,11 @@ DOMAIN_PER_CLASS = 100  # the source's images per class beside the new lab's in 
 # nine runs (5, 10, 20 cells) bone-marrow-7 stayed within 0.008 macro-F1 and lost at most 2 blasts.
 # other-lab-pbc holds no blasts and a lab's first reviewed cells may hold few: what the source knows is kept.
 MIX = 0.5
+# Replayed images are learnt from the source network's own probabilities as well as their labels (half
+# and half): what it knew of the home lab, blasts included, is kept as it was, not only its labels. A
+# new lab without blasts gives the fine-tune no reason to keep P(BLA) where the source had it, and the
+# blast weight and thresholds were fitted on the source's probabilities.
+REPLAY_DISTILL = 0.5
 HOLDOUT_MIN_PER_CLASS = 5  # below this, every labelled cell is used for training
 
 
@@ -125,15 +131,35 @@ def per_class(samples: list[Sample], n: int, seed: int) -> list[Sample]:
     return [s for label in sorted(by_label) for s in rng.sample(by_label[label], min(n, len(by_label[label])))]
 
 
+def teacher_targets(model_dir: Path, cells: list[Sample], replayed: list[Sample], classes: list[str],
+                    distill: float) -> tuple[list[Sample], Optional[dict]]:
+    """(the cells to fine-tune on, keyed by path; their soft targets, or None without distillation): the
+    new lab's cells keep their one-hot labels, replayed images get the source network's probabilities
+    (softmax of its logits, one view, before any temperature: the scale the student's logits are on)."""
+    import numpy as np
+
+    both = [replace(s, rel=str(s.path)) for s in [*cells, *replayed]]
+    if distill <= 0 or not replayed:
+        return both, None
+    soft = {s.rel: np.eye(len(classes), dtype=np.float32)[classes.index(s.label)] for s in both[: len(cells)]}
+    logits, kept, _ = Predictor(model_dir, tta=False, second_reading=False).stacked_logits(
+        [s.path for s in replayed])
+    z = logits[0] - logits[0].max(axis=1, keepdims=True)
+    probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    for i, p in zip(kept, probs):
+        soft[both[len(cells) + i].rel] = p
+    return [s for s in both if s.rel in soft], soft
+
+
 def _fine_tune(model_dir: Path, cells: list[Sample], classes: list[str], data_config: dict, *, epochs: int,
-               lr: float, batch_size: int, workers: int):
-    """The source network fine-tuned on ``cells`` with the lab augmentation (a thin Lightning run)."""
+               lr: float, batch_size: int, workers: int, soft: Optional[dict] = None, distill: float = 0.0):
+    """The source network fine-tuned on ``cells`` with the lab augmentation (a thin Lightning run); with
+    ``soft`` targets, the loss is (1 - ``distill``) cross-entropy + ``distill`` soft-target cross-entropy."""
     import lightning as L
 
-
     net, _ = load_model_folder(model_dir)
-    ds = CellDataset(cells, classes, train_transform(data_config, "lab"))
-    module = CellClassifier(net, len(classes), lr=lr)
+    ds = CellDataset(cells, classes, train_transform(data_config, "lab"), soft=soft)
+    module = CellClassifier(net, len(classes), lr=lr, distill=distill if soft else 0.0)
     trainer = L.Trainer(max_epochs=epochs, accelerator="auto", devices=1, logger=False, enable_checkpointing=False,
                         limit_val_batches=0, num_sanity_val_steps=0, enable_model_summary=False,
                         log_every_n_steps=1)
@@ -157,10 +183,12 @@ def _accuracy(model_dir: Path, cells: list[Sample]) -> tuple[Optional[float], Op
 
 def adapt(data: str | Path, from_model: Optional[str | Path], out: str | Path, *, replay: Optional[str] = None,
           epochs: int = 4, lr: float = 3e-4, batch_size: int = 32, holdout: float = 0.2, seed: int = 0,
-          workers: int = 2, data_root: Optional[str] = None, mix: float = MIX) -> dict:
-    """Fine-tune ``from_model`` on the labelled cells of ``data`` (plus replayed source images) into
-    the new model folder ``out``, its weights ``mix`` * fine-tuned + (1 - ``mix``) * source; returns
-    what was done and, with held-out cells, accuracy before/after."""
+          workers: int = 2, data_root: Optional[str] = None, mix: float = MIX,
+          distill: float = REPLAY_DISTILL) -> dict:
+    """Fine-tune ``from_model`` on the labelled cells of ``data`` (plus replayed source images, learnt with
+    weight ``distill`` from the source network's probabilities) into the new model folder ``out``, its
+    weights ``mix`` * fine-tuned + (1 - ``mix``) * source; returns what was done and, with held-out cells,
+    accuracy before/after."""
     import lightning as L
 
     source, out = resolve_model_dir(from_model), Path(out)
@@ -175,15 +203,17 @@ def adapt(data: str | Path, from_model: Optional[str | Path], out: str | Path, *
         train, held = split_holdout(cells, holdout, seed)
         own = source_images(source, replay)
         replayed = per_class(own, REPLAY_PER_CLASS, seed)
-        net, more = _fine_tune(source, [*train, *replayed], info.classes, info.data_config, epochs=epochs, lr=lr,
-                               batch_size=batch_size, workers=workers)
+        tuned, soft = teacher_targets(source, train, replayed, info.classes, distill)
+        net, more = _fine_tune(source, tuned, info.classes, info.data_config, epochs=epochs, lr=lr,
+                               batch_size=batch_size, workers=workers, soft=soft, distill=distill)
         if mix < 1:  # WiSE-FT (Wortsman et al. 2022)
             net.load_state_dict(blend_weights([net.state_dict(), start.state_dict()], [mix, 1 - mix]))
         counts = Counter(s.label for s in train)
         summary = {"source": source.name, "data": Path(data).name, "cells": len(train), "per_class": dict(counts),
                    "replayed": len(replayed), "held_out": len(held),
                    "held_out_per_class": dict(Counter(s.label for s in held)), "epochs": epochs, "lr": lr,
-                   "seed": seed, "mix": mix, "unreadable": [u.as_dict() for u in [*skipped, *more]],
+                   "seed": seed, "mix": mix, "replay_distill": distill if soft else 0.0,
+                   "unreadable": [u.as_dict() for u in [*skipped, *more]],
                    "blast_weight_dropped": bool(any(v.get("blast_weight", 1.0) != 1.0
                                                     for v in (info.extra.get("policy") or {}).values())),
                    "domain_refitted": True}
@@ -227,6 +257,8 @@ def _write_card(source: Path, out: Path, s: dict) -> None:
     section = (f"\n\n## Adapted from {s['source']} on {s['cells']} cells of {s['data']}\n"
                f"Fine-tuned {s['epochs']} epochs (lr {s['lr']}, seed {s['seed']}, lab augmentation) on "
                f"{s['cells']} labelled cells ({', '.join(f'{k} {v}' for k, v in sorted(s['per_class'].items()))}) "
-               f"and {s['replayed']} replayed training images of the source model. {held} The figures above are "
+               f"and {s['replayed']} replayed training images of the source model"
+               + (f" (their targets {1 - s['replay_distill']:g} label, {s['replay_distill']:g} the source model's own "
+                  "probabilities)" if s.get("replay_distill") else "") + f". {held} The figures above are "
                "the source model's; measure this one on your own images.\n")
     (out / "MODEL_CARD.md").write_text(card + section)

@@ -193,6 +193,7 @@ def train_detector(data: str | Path, out: str | Path, *, arch: str = "tf_efficie
     best = ModelCheckpoint(dirpath=work, filename="best", monitor="val_ap50", mode="max", save_last=True)
     trainer = L.Trainer(max_epochs=epochs, accelerator="auto", devices=1, logger=CSVLogger(work, name="logs"),
                         callbacks=[best], num_sanity_val_steps=0, log_every_n_steps=10, max_time=max_time,
+                        enable_model_summary=False,
                         enable_progress_bar=bool(os.environ.get("MARROWSCOPE_PROGRESS")))
     train_dl = DataLoader(TileSet(train_frames, True, seed=seed), batch_size, shuffle=True, collate_fn=collate)
     val_dl = DataLoader(TileSet(val_frames, False), batch_size, collate_fn=collate)
