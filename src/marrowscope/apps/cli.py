@@ -278,8 +278,11 @@ def cmd_predict(a) -> None:
 
 # ---------------------------------------------------------------- adapt
 def _add_adapt(sub) -> None:
-    s = sub.add_parser("adapt", help="fine-tune a model on a few reviewed cells of a new lab")
-    s.add_argument("data", help="class folders, labels.csv or manifest, or the app's reviewed.zip")
+    s = sub.add_parser("adapt", help="fit a model to a new lab: on a few reviewed cells, or on its unlabelled cells")
+    s.add_argument("data", help="class folders, labels.csv or manifest, or the app's reviewed.zip; with --unlabelled, "
+                   "a folder of the lab's cell images (at least 100, no labels)")
+    s.add_argument("--unlabelled", action="store_true", help="no labels: fit the lab's pixel size and the network's "
+                   "normalisation statistics on its cells; the new folder never accepts a cell (docs/adaptation.md)")
     s.add_argument("--model", dest="source", default=None, help="model folder to adapt (default: the bundled model)")
     s.add_argument("--from", dest="source", action=Deprecated, new="--model", help=argparse.SUPPRESS)
     s.add_argument("--out", required=True, help="the new model folder (must not be a model folder already)")
@@ -326,6 +329,17 @@ def adapt_report(r: dict, out: str) -> str:
 
 
 def cmd_adapt(a) -> None:
+    if a.unlabelled:
+        from marrowscope.fit.label_free import adapt_unlabelled
+
+        r = adapt_unlabelled(a.data, a.source, a.out, seed=a.seed)
+        for u in r["unreadable_files"]:
+            print(f"skipped {u['path']}: {u['reason']}", file=sys.stderr)
+        um = f"{r['pixel_size_um']:.4f} µm per pixel" if r["pixel_size_um"] else "no pooled pixel size (no red cells)"
+        print(f"wrote {a.out}: fitted without labels on {r['images']} images of {r['folder']} ({um}; "
+              f"{r['batch_norm']}). Its cells are never accepted: label a few cells per class and run "
+              "`marrowscope adapt` to earn that.")
+        return
     from marrowscope.fit.adapt import adapt
 
     r = adapt(a.data, a.source, a.out, replay=a.replay, epochs=a.epochs, lr=a.lr, holdout=a.holdout, seed=a.seed,

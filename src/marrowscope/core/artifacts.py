@@ -65,6 +65,12 @@ class ModelInfo:
         """The training images' sharpness (``median``, ``above``: :mod:`marrowscope.core.focus`), if measured."""
         return self.extra.get("focus") or None
 
+    @property
+    def label_free(self) -> Optional[dict]:
+        """What ``adapt --unlabelled`` fitted, from what (None for a folder fitted with labels or not adapted):
+        its cells are never accepted, and its images are read at the lab's pooled pixel size."""
+        return self.extra.get("label_free") or None
+
     def policy(self, tta: bool) -> Optional[dict]:
         """The review policy fitted for inference with or without TTA (`marrowscope calibrate`), or None."""
         return (self.extra.get("policy") or {}).get("tta" if tta else "no_tta")

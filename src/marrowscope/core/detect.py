@@ -156,7 +156,8 @@ class Detector:
                 opts.intra_op_num_threads = threads
             self.session = ort.InferenceSession(str(onnx_file), opts, providers=["CPUExecutionProvider"])
         elif backend == "onnx":
-            raise MarrowscopeError(f"'{onnx_file}' is missing; run `marrowscope export-onnx --model ...` first.")
+            raise MarrowscopeError(f"'{onnx_file}' is missing; `marrowscope train-detector` writes it beside the "
+                                   "weights.")
         else:  # torch, torchvision and timm load only for this backend
             from marrowscope.core.detector_net import build_detector
             from marrowscope.core.model import read_state_dict

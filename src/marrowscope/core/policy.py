@@ -138,7 +138,8 @@ class Policy:
 
     def describe(self) -> str:
         if not self.fitted:
-            return f"cells with a top probability below {self.accept_threshold:.2f} are marked for review"
+            return "every cell is marked for review (nothing is accepted)" if self.accept_threshold > 1 else \
+                f"cells with a top probability below {self.accept_threshold:.2f} are marked for review"
         blast = "" if self.blast_threshold is None else \
             f"; not predicted a blast but P(BLA) >= {self.blast_threshold:.3f}: possible blast"
         accept = "nothing is accepted" if self.accept_threshold > 1 else \

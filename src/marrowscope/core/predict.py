@@ -16,6 +16,7 @@ the network), else PyTorch with ``channels_last`` and ``inference_mode``.
 
 from __future__ import annotations
 
+import math
 import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -152,6 +153,8 @@ class Predictor:
         # which cells are accepted, reviewed or flagged as possible blasts (fitted with the temperature)
         self.policy = Policy.from_settings(self.info.policy(self.tta), REVIEW_BELOW if review_below is None
                                            else review_below).at_least(review_below)
+        if self.info.label_free:  # fitted without labels: the accept guarantee was never checked on this lab
+            self.policy = self.policy.at_least(math.inf)
         # what the caller chose, for :meth:`again`
         self.settings = {"backend": backend, "threads": threads, "tta": tta, "pixel_size": pixel_size,
                          "device": device, "review_below": review_below, "domain_check": domain_check,

@@ -53,9 +53,11 @@ class Preprocess:
     """
 
     def __init__(self, data_config: dict, scale: Optional[dict] = None, pixel_size: Optional[float] = None,
-                 focus: Optional[dict] = None):
+                 focus: Optional[dict] = None, lab_pixel_size: Optional[float] = None):
         self.scale = scale
         self.pixel_size = self.check_pixel_size(pixel_size)
+        # where an image's own red cells give no estimate: its lab's pooled pixel size, if the folder knows it
+        self.lab_pixel_size = lab_pixel_size
         self.focus = MatchFocus.from_settings(focus)
         # focus matching goes between the two: on the pixels the network sees
         self.geometry_only, self.to_array = eval_split(data_config)
@@ -63,7 +65,8 @@ class Preprocess:
     @classmethod
     def for_model(cls, info, pixel_size: Optional[float] = None) -> "Preprocess":
         """The preprocessing a model folder (:class:`~marrowscope.core.artifacts.ModelInfo`) asks for."""
-        return cls(info.data_config, info.scale, pixel_size, info.focus)
+        lab_um = (info.label_free or {}).get("pixel_size_um")  # a lab's pixel size, pooled over its folder
+        return cls(info.data_config, info.scale, pixel_size, info.focus, lab_um)
 
     def check_pixel_size(self, pixel_size: Optional[float]) -> Optional[float]:
         """A user's pixel size (µm per pixel), checked; None or 0 means: estimate it."""
@@ -83,7 +86,8 @@ class Preprocess:
         if not self.scale:
             return image, None
         given = self.check_pixel_size(pixel_size) or self.pixel_size
-        return ToTrainingScale(self.scale["pixel_size_um"], self.scale["field_px"], given, zoom)(image)
+        return ToTrainingScale(self.scale["pixel_size_um"], self.scale["field_px"], given, zoom,
+                               self.lab_pixel_size)(image)
 
     def to_input_size(self, image, pixel_size: Optional[float] = None, zoom: float = 1.0):
         """(the image at the training scale, resized and cropped to the network's input: what focus

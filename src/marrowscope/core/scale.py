@@ -92,10 +92,14 @@ class ToTrainingScale:
         given_um: the input's pixel size when the user knows it (skips the estimate).
         zoom: the cell drawn this much larger (above 1) or smaller than at the training scale, over a field
             as many pixels wide (a second reading, :meth:`marrowscope.core.predict.Predictor.read_again`).
+        lab_um: the pixel size of images without an estimate of their own (a lab's, pooled over its
+            folder by ``adapt --unlabelled``); else the training images' is assumed.
     """
 
-    def __init__(self, pixel_size_um: float, field_px: int, given_um: Optional[float] = None, zoom: float = 1.0):
+    def __init__(self, pixel_size_um: float, field_px: int, given_um: Optional[float] = None, zoom: float = 1.0,
+                 lab_um: Optional[float] = None):
         self.pixel_size_um, self.field_px, self.given_um, self.zoom = pixel_size_um, int(field_px), given_um, zoom
+        self.lab_um = lab_um
 
     def __call__(self, image: Image.Image) -> tuple[Image.Image, Scale]:
         scale = self.scale_of(image)
@@ -114,6 +118,8 @@ class ToTrainingScale:
         if self.given_um:
             return Scale(self.given_um, "given")
         um, n = estimate_pixel_size(image)
+        if um is None and self.lab_um:
+            return Scale(self.lab_um, "the lab's, pooled over its folder (no red cells in this image)")
         if um is None:
             return Scale(self.pixel_size_um, ASSUMED)
         return Scale(um, f"from {n} red cells")
