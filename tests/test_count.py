@@ -138,7 +138,9 @@ def test_intervals_are_wilson_and_percentages_leave_out_unidentifiable_cells():
     assert 12 < rows["BLA"]["low"] < 14 and 28 < rows["BLA"]["high"] < 30  # Wilson's interval for 20/100
     advice = " ".join(d.advisories())
     assert "straddles 20%" in advice and "105 of the target 200" in advice
-    assert "straddles 5%" not in advice
+    assert "straddles 5%" not in advice and "look unlike" not in advice
+    odd = Differential(["BLA", "NGS"], ["NGS"] * 10, ["review"] * 10, target=10, unusual=6)
+    assert "6 of 10 counted cells look unlike" in " ".join(odd.advisories())
     many = Differential(["BLA", "NGS"], ["BLA"] * 2 + ["NGS"] * 498, ["accepted"] * 500, target=500)
     assert not many.advisories()  # 0.4% blasts of 500: well clear of 5%, target reached, nothing for review
 

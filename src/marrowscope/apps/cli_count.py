@@ -37,6 +37,7 @@ def add_count(sub) -> None:
                         "(a threshold on the nucleus stain)")
     s.add_argument("--top-k", type=int, default=3)
     s.add_argument("--no-overlays", action="store_true", help="write the CSVs and JSON only")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
     inference_flags(s)
     s.set_defaults(func=cmd_count)
 
@@ -51,7 +52,7 @@ def cmd_count(a) -> None:
     with tempfile.TemporaryDirectory(prefix="marrowscope-count-") as work:
         files, names, problems = gather_fields(a.paths, Path(work))
         count = count_fields(predictor, detector, files, names, problems, target=a.target, pixel_size=a.pixel_size,
-                             top_k=a.top_k)
+                             top_k=a.top_k, progress=not a.quiet)
         summary = count.write(a.out, predictor, overlays=not a.no_overlays)
     print(count_report(summary, detector.name))
     for u in summary["unreadable"]:

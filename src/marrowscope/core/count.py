@@ -158,6 +158,7 @@ class Differential:
     calls: list[str]
     decisions: list[str]
     target: int
+    unusual: int = 0  # counted cells the domain check finds unlike the training cells
 
     @property
     def identifiable(self) -> int:
@@ -178,6 +179,10 @@ class Differential:
     def advisories(self) -> list[str]:
         n, rows = self.identifiable, {r["class"]: r for r in self.rows()}
         out = []
+        if self.unusual and self.unusual >= len(self.calls) / 2:
+            out.append(f"{self.unusual} of {len(self.calls)} counted cells look unlike the cells the model learnt from "
+                       "(another lab, stain, scanner or magnification?): the differential may be wrong, and none of "
+                       "them is accepted; check them, or adapt the model to this lab.")
         if len(self.calls) < self.target:
             out.append(f"{len(self.calls)} of the target {self.target} cells counted: count more fields before "
                        f"reading the differential.")
@@ -218,7 +223,7 @@ class Count:
     def differential(self) -> Differential:
         cells = self.classified
         return Differential(self.classes, [c.prediction.call for c in cells], [c.prediction.decision for c in cells],
-                            self.target)
+                            self.target, sum(bool(c.prediction.unusual) for c in cells))
 
     def cell_rows(self, predictor: Predictor) -> tuple[list[str], list[dict]]:
         """cells.csv: a row per detected cell (and per field without one, or unreadable), with ``predict``'s
@@ -250,7 +255,7 @@ class Count:
                 "fields_without_white_cells": sum(1 for f in self.fields if f.problem is None and not f.cells),
                 "cells_detected": len(self.cells), "cells_counted": len(d.calls),
                 "cells_not_counted_edge": sum(1 for _, c in self.cells if not c.counted),
-                "cells_for_review": sum(1 for x in d.decisions if x != "accepted"),
+                "cells_for_review": sum(1 for x in d.decisions if x != "accepted"), "cells_unusual": d.unusual,
                 "target": self.target, "identifiable_cells": d.identifiable,
                 "differential": d.rows(), "advisories": d.advisories(),
                 "unreadable": [{"field": f.source, "reason": f.problem.reason} for f in unread]}
@@ -302,12 +307,16 @@ def gather_fields(paths: Sequence[str | Path], workdir: Path) -> tuple[list[Path
 
 def count_fields(predictor: Predictor, detector, files: Sequence[Path], names: Optional[Sequence[str]] = None,
                  problems: Sequence[Unreadable] = (), target: int = 200, pixel_size: Optional[float] = None,
-                 top_k: int = 3) -> Count:
+                 top_k: int = 3, progress: bool = False) -> Count:
     """Count the white cells of ``files`` (shown as ``names``); ``problems`` (files that could not be read)
-    are reported in the count as fields without cells."""
+    are reported in the count as fields without cells. ``progress``: a progress bar over the fields."""
     if target < 1:
         raise MarrowscopeError(f"--target {target}: count to at least 1 cell (200 in blood, 500 in marrow).")
     counter = FieldCounter(predictor, detector, pixel_size)
     bad = [Field(str(p.source), problem=p) for p in problems]
-    return Count(bad + list(counter.fields(files, names or [str(f) for f in files])), list(predictor.classes),
-                 target, top_k)
+    stream = counter.fields(files, names or [str(f) for f in files])
+    if progress and len(files) > 1:
+        from tqdm import tqdm
+
+        stream = tqdm(stream, total=len(files), unit="field", desc="counting")
+    return Count(bad + list(stream), list(predictor.classes), target, top_k)
