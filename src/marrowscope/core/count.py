@@ -32,7 +32,7 @@ from marrowscope.core.errors import ImageDecodeError, MarrowscopeError, Unreadab
 from marrowscope.core.images import collect_images, decode_image
 from marrowscope.core.overlay import draw_overlay
 from marrowscope.core.predict import Prediction, Predictor
-from marrowscope.core.scale import Scale
+from marrowscope.core.scale import ASSUMED, LAB_POOLED, Scale
 
 BLAST_CUTS = (5, 10, 20)  # % blasts where the WHO 2022 and ICC myeloid categories change
 NOT_IDENTIFIABLE = "NIF"
@@ -97,6 +97,10 @@ class FieldCounter:
         scale = predictor.info.scale or {}
         self.train_um = scale.get("pixel_size_um", 0.095)
         self.field_um = self.train_um * scale.get("field_px", 250)  # the side of a training crop, in µm
+        # a frame without red cells: its lab's pooled pixel size where the folder was fitted to one, else the
+        # training images'
+        lab_um = predictor.preprocess.lab_pixel_size
+        self.assumed = (lab_um, LAB_POOLED) if lab_um else (self.train_um, ASSUMED)
 
     def fields(self, files: Sequence[Path], names: Sequence[str]) -> Iterator[Field]:
         for f, name in zip(files, names):
@@ -105,7 +109,7 @@ class FieldCounter:
     def count_one(self, src: Path, name: str) -> Field:
         try:
             image = decode_image(src, max_pixels=MAX_FIELD_PIXELS)
-            scale = field_scale(image, self.pixel_size, self.train_um)
+            scale = field_scale(image, self.pixel_size, *self.assumed)
             boxes = self.detector(image, scale)
         except (ImageDecodeError, MarrowscopeError) as exc:
             return Field(name, problem=Unreadable(name, str(exc)))

@@ -60,15 +60,17 @@ class Box:
         return self.x0 <= x <= self.x1 and self.y0 <= y <= self.y1
 
 
-def field_scale(image: Image.Image, given_um: Optional[float], assumed_um: float) -> Scale:
+def field_scale(image: Image.Image, given_um: Optional[float], assumed_um: float, assumed_how: str = ASSUMED
+                ) -> Scale:
     """The frame's pixel size: ``given_um``, else from its whole red cells (pooled over up to 9 windows of a
-    large frame: one estimate for the frame, not one per cell), else ``assumed_um``."""
+    large frame: one estimate for the frame, not one per cell), else ``assumed_um`` (``assumed_how`` says
+    whose it is)."""
     if given_um:
         return Scale(float(given_um), "given")
     w, h = image.size
     if max(w, h) <= SCALE_WINDOW:  # a camera frame or crop: one estimate over it, as predict makes
         um, n = estimate_pixel_size(image)
-        return Scale(um, f"from {n} red cells") if um else Scale(assumed_um, ASSUMED)
+        return Scale(um, f"from {n} red cells") if um else Scale(assumed_um, assumed_how)
     side = min(SCALE_WINDOW, w, h)
     xs = np.linspace(0, w - side, 3 if w > 2 * side else 1).round().astype(int)
     ys = np.linspace(0, h - side, 3 if h > 2 * side else 1).round().astype(int)
@@ -78,7 +80,7 @@ def field_scale(image: Image.Image, given_um: Optional[float], assumed_um: float
         agree = [d for d in diameters if abs(d - med) <= 0.25 * med]
         if len(agree) >= 2:
             return Scale(RED_CELL_UM / float(np.median(agree)), f"from {len(agree)} red cells")
-    return Scale(assumed_um, ASSUMED)
+    return Scale(assumed_um, assumed_how)
 
 
 def to_detection_scale(image: Image.Image, pixel_size_um: float) -> tuple[np.ndarray, float]:

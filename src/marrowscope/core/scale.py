@@ -27,6 +27,7 @@ from marrowscope.core.images import decode_image
 
 RED_CELL_UM = 7.5
 ASSUMED = "assumed: as the training images (no red cells found)"
+LAB_POOLED = "the lab's, pooled over its folder (no red cells in this image)"
 # A red cell of 50 to 250 px: pixel sizes from 0.03 to 0.15 µm (oil objectives of about 100x to 40x).
 # Smaller round blobs are mostly granules and platelet clumps (in bone-marrow-7, 5 of 13 detections
 # were 31-44 px against 67-85 px for the rest); below 40x, pass --pixel-size.
@@ -119,7 +120,7 @@ class ToTrainingScale:
             return Scale(self.given_um, "given")
         um, n = estimate_pixel_size(image)
         if um is None and self.lab_um:
-            return Scale(self.lab_um, "the lab's, pooled over its folder (no red cells in this image)")
+            return Scale(self.lab_um, LAB_POOLED)
         if um is None:
             return Scale(self.pixel_size_um, ASSUMED)
         return Scale(um, f"from {n} red cells")
