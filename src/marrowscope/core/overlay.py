@@ -30,7 +30,8 @@ def draw_overlay(image: Image.Image, field, classes: Sequence[str]) -> Image.Ima
     font = ImageFont.load_default(size=max(12, round(max(canvas.size) / 40)))
     colours = class_colours(classes)
     # the legend sits in a white strip right of the field, so it never hides a cell
-    entries = [(c, colours[c]) for c in classes] + [("not counted (edge)", NOT_COUNTED)]
+    entries = [(c, colours[c]) for c in classes] + [("not counted (edge)", NOT_COUNTED),
+                                                    ("double box: for review", None)]
     strip = round(max(ImageDraw.Draw(canvas).textlength(t, font=font) for t, _ in entries) + font.size + 24)
     framed = Image.new("RGB", (canvas.width + strip, max(canvas.height, (font.size + 4) * len(entries) + 16)), "white")
     framed.paste(canvas, (0, 0))
@@ -70,5 +71,9 @@ def _legend(draw: ImageDraw.ImageDraw, x0: int, entries: list[tuple[str, str]], 
     line = font.size + 4
     for i, (text, colour) in enumerate(entries):
         y = 8 + i * line
-        draw.rectangle([x0 + 4, y + 2, x0 + line - 2, y + line - 4], fill=colour)
+        if colour is None:  # the review mark: a box within a box
+            draw.rectangle([x0 + 4, y + 2, x0 + line - 2, y + line - 4], outline="black", width=1)
+            draw.rectangle([x0 + 7, y + 5, x0 + line - 5, y + line - 7], outline="black", width=1)
+        else:
+            draw.rectangle([x0 + 4, y + 2, x0 + line - 2, y + line - 4], fill=colour)
         draw.text((x0 + line + 4, y), text, fill="black", font=font)
