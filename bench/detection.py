@@ -11,7 +11,8 @@ Prints and writes (all on data no detector or classifier trained on):
    cells only (boxes clear of the frame's edge, in the labels and in the detections): what ``count``
    counts.
 2. Marrow sanity check: the 525 test crops of the model's manifest (bone-marrow-7's test split), each
-   given as a field; the share where a detected cell covers the image centre.
+   given to ``count`` as a field; the share where a counted cell covers the image centre (and where the
+   detector alone, at its field threshold, has a box there).
 3. End to end: other-lab-pbc's 500 images given as fields to ``count``; the share where the white cell
    is found (a counted cell), and the accuracy of the call on it against the label, beside ``predict``
    on the same images as crops.
@@ -78,14 +79,21 @@ def detection(detectors: dict, fields: Path) -> dict:
     return out
 
 
-def marrow_centre(detector, manifest: Path) -> dict:
+def marrow_centre(predictor: Predictor, detector, manifest: Path) -> dict:
+    """Each test crop given to ``count`` as a field: is a counted cell over its centre? And, apart, did the
+    detector alone find one there at its field threshold?"""
     samples = [s for s in read_manifest(manifest) if s.split == "test"]
-    hit = 0
+    counter = FieldCounter(predictor, detector)
+    hit = alone = 0
     for s in samples:
         image = decode_image(s.path)
-        boxes = find_cells(detector, image, field_scale(image, None, 0.095))
-        hit += any(b.covers(image.width / 2, image.height / 2) for b in boxes)
-    return {"images": len(samples), "centre_covered": hit, "share": round(hit / len(samples), 4)}
+        boxes = find_cells(detector, image, field_scale(image, None, counter.train_um))
+        alone += any(b.covers(image.width / 2, image.height / 2) for b in boxes)
+        field = counter.count_one(Path(s.path), str(s.path))
+        hit += any(c.box.covers(image.width / 2, image.height / 2) for c in field.counted)
+    n = len(samples)
+    return {"images": n, "counted_over_centre": hit, "share": round(hit / n, 4),
+            "detector_alone_at_field_threshold": round(alone / n, 4)}
 
 
 def end_to_end(predictor: Predictor, detector, other: Path) -> dict:
@@ -122,7 +130,7 @@ def main() -> None:
            "detection_blood_fields_test": detection({"network": network, "classical": NucleusDetector()},
                                                     Path(a.fields or root / "blood-fields"))}
     print(json.dumps(res["detection_blood_fields_test"], indent=1))
-    res["marrow_centre_bone_marrow_7_test"] = marrow_centre(network, model_dir / "manifest.csv")
+    res["marrow_centre_bone_marrow_7_test"] = marrow_centre(Predictor(model_dir), network, model_dir / "manifest.csv")
     print("marrow:", res["marrow_centre_bone_marrow_7_test"])
     res["other_lab_pbc_as_fields"] = end_to_end(Predictor(model_dir), network, Path(a.other or root / "other-lab-pbc"))
     print("other-lab-pbc:", res["other_lab_pbc_as_fields"])
