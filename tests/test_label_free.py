@@ -30,7 +30,8 @@ def test_fewer_than_100_readable_cells_is_a_sentence_and_nothing_is_written(tiny
 def test_a_lab_fitted_without_labels_never_accepts_a_cell(tiny_model, tmp_path, capsys):
     before = _digest(tiny_model)
     folder = make_cell_folder(tmp_path / "lab", 120)
-    assert main(["adapt", str(folder), "--unlabelled", "--model", str(tiny_model), "--out", str(tmp_path / "ours")]) == 0
+    argv = ["adapt", str(folder), "--unlabelled", "--model", str(tiny_model), "--out", str(tmp_path / "ours")]
+    assert main(argv) == 0
     said = capsys.readouterr()
     assert "fitted without labels on 120 images of lab" in said.out and "never accepted" in said.out
     assert "broken.png" in said.err
