@@ -17,7 +17,7 @@ import gradio as gr
 from marrowscope.apps.views import cell_advice, scratch_dir
 from marrowscope.core.classes import display_name
 from marrowscope.core.count import cell_window, count_fields
-from marrowscope.core.detect import Box, load_detector
+from marrowscope.core.detect import MAX_FIELD_PIXELS, Box, load_detector
 from marrowscope.core.errors import MarrowscopeError
 from marrowscope.core.images import IMAGE_EXTENSIONS, decode_image
 from marrowscope.core.uploads import expand_uploads
@@ -93,7 +93,7 @@ def cell_view(predictor, explainer, state: Optional[dict], evt: gr.SelectData):
         raise gr.Error("Count some fields first, then select a cell in the table.")
     cell = cells[row]
     try:
-        image = decode_image(cell["path"], max_pixels=8000 * 8000)
+        image = decode_image(cell["path"], max_pixels=MAX_FIELD_PIXELS)
     except (MarrowscopeError, FileNotFoundError):
         raise gr.Error("This count's files have expired; count the fields again.") from None
     if not cell["whole"]:

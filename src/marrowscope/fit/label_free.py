@@ -36,6 +36,7 @@ from marrowscope.core.errors import MarrowscopeError, Unreadable
 from marrowscope.core.images import collect_images
 from marrowscope.core.predict import Predictor
 from marrowscope.core.scale import measure
+from marrowscope.fit.export import export_onnx
 
 MIN_CELLS = 100  # fewer, and the statistics are mostly noise
 MAX_CELLS = 1000  # more add little to a mean and a variance, and cost time
@@ -110,9 +111,10 @@ def adapt_unlabelled(folder: str | Path, from_model: Optional[str | Path], out: 
     lab_um = scale["pixel_size_um"] if scale else None
     if lab_um:  # the lab's images as the new folder will read them
         predictor.preprocess.lab_pixel_size = lab_um
-    arrays = [predictor.load(f)[0] for f in files]
     net, info = load_model_folder(source)
-    seen = adabn(net, (np.stack(arrays[i: i + batch_size]) for i in range(0, len(arrays), batch_size)), mix)
+    batches = (np.stack([predictor.load(f)[0] for f in files[i: i + batch_size]])  # a batch in memory at a time
+               for i in range(0, len(files), batch_size))
+    seen = adabn(net, batches, mix)
     record = {"images": len(files), "folder": folder.name, "pixel_size_um": lab_um,
               "pixel_size_how": (scale["how"].split("; field")[0].replace("training and validation images",
                                                                            "images of the folder")
@@ -123,8 +125,6 @@ def adapt_unlabelled(folder: str | Path, from_model: Optional[str | Path], out: 
     save_model_folder(net, out, info.classes, info.data_config, extra={**info.extra, LABEL_FREE: record},
                       half=True, files=files_in)
     if (source / "model.onnx").is_file():  # as fast as the source: the same ONNX path
-        from marrowscope.fit.export import export_onnx
-
         export_onnx(out, files[:8])
     _write_card(source, out, record)
     return {**record, "source": source.name, "out": str(out), "unreadable_files": [u.as_dict() for u in bad]}
