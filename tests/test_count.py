@@ -276,9 +276,6 @@ class _Unsure:
         (y0, x0), (y1, x1) = filled.min(0), filled.max(0)
         return np.array([[x0 + 2, y0 + 2, x1 - 2, y1 - 2]], np.float32), np.array([0.2], np.float32)
 
-    def __call__(self, image, scale):
-        return find_cells(self, image, scale)
-
 
 def test_a_crop_counts_its_centred_cell_even_below_the_field_threshold(bundled, tmp_path):
     """A crop holds its cell at its centre (bone-marrow-7: 14 of 525 test crops scored 0.10-0.32 there):

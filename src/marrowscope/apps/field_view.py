@@ -16,7 +16,7 @@ import gradio as gr
 
 from marrowscope.apps.views import cell_advice, scratch_dir
 from marrowscope.core.classes import display_name
-from marrowscope.core.count import cell_window, count_fields
+from marrowscope.core.count import cell_window, count_fields, training_scale
 from marrowscope.core.detect import MAX_FIELD_PIXELS, Box, load_detector
 from marrowscope.core.errors import MarrowscopeError
 from marrowscope.core.images import IMAGE_EXTENSIONS, decode_image
@@ -97,7 +97,7 @@ def cell_view(predictor, explainer, state: Optional[dict], evt: gr.SelectData):
     except (MarrowscopeError, FileNotFoundError):
         raise gr.Error("This count's files have expired; count the fields again.") from None
     if not cell["whole"]:
-        side = _field_um(predictor) / cell["um"]
+        side = training_scale(predictor)[1] / cell["um"]
         image = cell_window(image, Box(*cell["box"], 1.0), side)
     pred = predictor.predict_one(image, cell["um"])
     call = predictor.classes.index(pred.call)
@@ -107,11 +107,6 @@ def cell_view(predictor, explainer, state: Optional[dict], evt: gr.SelectData):
         shown = image
     top = {display_name(c): v for c, v in pred.top_k(predictor.classes, 3)}
     return shown, top, cell_advice(predictor.policy, predictor.classes, pred)
-
-
-def _field_um(predictor) -> float:
-    scale = predictor.info.scale or {}
-    return scale.get("pixel_size_um", 0.095) * scale.get("field_px", 250)
 
 
 def field_tab(models, model_state, pixel_size: Optional[float]) -> None:

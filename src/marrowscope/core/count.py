@@ -88,6 +88,14 @@ def cell_window(image: Image.Image, box: Box, side: float) -> Image.Image:
     return Image.fromarray(np.pad(a, pad, mode=mode))
 
 
+def training_scale(predictor: Predictor) -> tuple[float, float]:
+    """(the training images' µm per pixel, the side of a training crop in µm): the window a cell is read in.
+    A folder without a measured scale: bone-marrow-7's, 250 px at 0.095 µm."""
+    scale = predictor.info.scale or {}
+    um = scale.get("pixel_size_um", 0.095)
+    return um, um * scale.get("field_px", 250)
+
+
 class FieldCounter:
     """Fields -> :class:`Field` results with ``detector`` and ``predictor``.
 
@@ -97,9 +105,7 @@ class FieldCounter:
     def __init__(self, predictor: Predictor, detector, pixel_size: Optional[float] = None):
         self.predictor, self.detector = predictor, detector
         self.pixel_size = predictor.preprocess.check_pixel_size(pixel_size) if pixel_size else None
-        scale = predictor.info.scale or {}
-        self.train_um = scale.get("pixel_size_um", 0.095)
-        self.field_um = self.train_um * scale.get("field_px", 250)  # the side of a training crop, in µm
+        self.train_um, self.field_um = training_scale(predictor)
         # a frame without red cells: its lab's pooled pixel size where the folder was fitted to one, else the
         # training images'
         lab_um = predictor.preprocess.lab_pixel_size
@@ -113,12 +119,14 @@ class FieldCounter:
         try:
             image = decode_image(src, max_pixels=MAX_FIELD_PIXELS)
             scale = field_scale(image, self.pixel_size, *self.assumed)
-            boxes = self.detector(image, scale)
+            # one pass down to a crop's floor: the boxes above the field threshold are the field's cells, the
+            # rest can only be a crop's centred cell (below)
+            found = find_cells(self.detector, image, scale, threshold=min(CROP_MIN_SCORE, self.detector.threshold))
         except (ImageDecodeError, MarrowscopeError) as exc:
             return Field(name, problem=Unreadable(name, str(exc)))
         out = Field(name, image.size, scale, path=Path(src))
         margin = 1.0 + DETECT_MARGIN_UM / scale.pixel_size_um
-        for k, box in enumerate(boxes, 1):
+        for k, box in enumerate([b for b in found if b.score >= self.detector.threshold], 1):
             cut = box.touches_edge(image.width, image.height, margin)
             out.cells.append(Cell(k, box, not cut, "cut by the frame's edge: not counted" if cut else ""))
         centre = [c for c in out.cells if c.box.covers(image.width / 2, image.height / 2)]
@@ -126,8 +134,7 @@ class FieldCounter:
         # crop (an analyser's, or a hand crop): read whole, as predict reads it, rather than re-centred on a box
         crop_like = max(image.size) * scale.pixel_size_um <= CROP_FIELDS * self.field_um
         if crop_like and not centre:  # a crop holds its cell at its centre: a less sure box there still counts
-            unsure = [b for b in find_cells(self.detector, image, scale, threshold=CROP_MIN_SCORE)
-                      if b.covers(image.width / 2, image.height / 2)]
+            unsure = [b for b in found if b.score >= CROP_MIN_SCORE and b.covers(image.width / 2, image.height / 2)]
             if unsure:
                 box = max(unsure, key=lambda b: b.score)
                 out.cells.append(Cell(len(out.cells) + 1, box, False))
@@ -136,7 +143,7 @@ class FieldCounter:
             cell = out.counted[0] if out.counted else max(centre, key=lambda c: c.box.score)
             cell.counted, cell.note = True, "the frame is a single-cell crop: read whole, as predict reads it" + (
                 f" (its box scored {cell.box.score:.2f}, under the field threshold)"
-                if cell.box.score < getattr(self.detector, "threshold", 0.0) else "")
+                if cell.box.score < self.detector.threshold else "")
             out.note = "read as a single-cell crop"
             cell.prediction = self.predictor.predict_one(image, self.pixel_size)
             return out

@@ -170,18 +170,12 @@ class Detector:
 
     def tile_boxes(self, tile: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """[T, T, 3] in [0, 1] -> (boxes [K, 4] in tile pixels, scores [K])."""
-        x = np.ascontiguousarray(tile.transpose(2, 0, 1)[None])
-        if self.session is not None:
-            boxes, scores = self.session.run(None, {"image": x})
-            return boxes, scores
-        import torch
+        if self.session is None:
+            from marrowscope.core.detector_net import network_tile_boxes
 
-        with torch.inference_mode():
-            out = self.net([torch.from_numpy(x[0])])[0]
-        return out["boxes"].numpy(), out["scores"].numpy()
-
-    def __call__(self, image: Image.Image, scale: Scale) -> list[Box]:
-        return find_cells(self, image, scale)
+            return network_tile_boxes(self.net, tile)
+        boxes, scores = self.session.run(None, {"image": np.ascontiguousarray(tile.transpose(2, 0, 1)[None])})
+        return boxes, scores
 
 
 class NucleusDetector:
@@ -235,9 +229,6 @@ class NucleusDetector:
             boxes.append([cx - half, cy - half, cx + half, cy + half])
             scores.append(min(1.0, float(stain[sl][regions[sl] == k].mean()) / (2 * self.FLOOR)))
         return np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(scores, np.float32)
-
-    def __call__(self, image: Image.Image, scale: Scale) -> list[Box]:
-        return find_cells(self, image, scale)
 
 
 def find_cells(detector, image: Image.Image, scale: Scale, threshold: Optional[float] = None) -> list[Box]:

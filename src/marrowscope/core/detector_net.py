@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+import numpy as np
 import timm
 import torch
 from torch import nn
@@ -46,6 +47,13 @@ def build_detector(arch: str, tile: int, pretrained: bool = False) -> FCOS:
     return FCOS(PyramidBackbone(arch, pretrained), num_classes=2, min_size=tile, max_size=tile,
                 image_mean=[0.5] * 3, image_std=[0.5] * 3,  # the Lite networks' own normalisation
                 score_thresh=0.05, nms_thresh=0.5, detections_per_img=100, topk_candidates=400)
+
+
+def network_tile_boxes(net: FCOS, tile: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[T, T, 3] in [0, 1] -> (boxes [K, 4] in tile pixels, scores [K]) of the network in eval mode."""
+    with torch.inference_mode():
+        out = net([torch.from_numpy(np.ascontiguousarray(tile.transpose(2, 0, 1)))])[0]
+    return out["boxes"].numpy(), out["scores"].numpy()
 
 
 class TileOutputs(nn.Module):

@@ -27,7 +27,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from marrowscope.core.detect import DETECT_UM, DETECTOR_DIR, OVERLAP, PAD_VALUE, TILE, field_scale, to_detection_scale
-from marrowscope.core.detector_net import TileOutputs, build_detector
+from marrowscope.core.detector_net import TileOutputs, build_detector, network_tile_boxes
 from marrowscope.core.errors import MarrowscopeError
 from marrowscope.core.images import decode_image
 
@@ -224,9 +224,7 @@ class _TorchTiles:
         self.net = net
 
     def tile_boxes(self, tile: np.ndarray):
-        with torch.inference_mode():
-            out = self.net([torch.from_numpy(np.ascontiguousarray(tile.transpose(2, 0, 1)))])[0]
-        return out["boxes"].numpy(), out["scores"].numpy()
+        return network_tile_boxes(self.net, tile)
 
 
 def write_detector_folder(net, out: str | Path, config: dict) -> Path:
