@@ -33,8 +33,9 @@ import torch
 
 from marrowscope.core.artifacts import CONFIG, load_model_folder, resolve_model_dir, save_model_folder
 from marrowscope.core.errors import MarrowscopeError, Unreadable
-from marrowscope.core.images import collect_images
+from marrowscope.core.images import collect_images, decode_image
 from marrowscope.core.predict import Predictor
+from marrowscope.core.preprocess import Preprocess
 from marrowscope.core.scale import measure
 from marrowscope.fit.export import export_onnx
 
@@ -109,10 +110,10 @@ def adapt_unlabelled(folder: str | Path, from_model: Optional[str | Path], out: 
               "the fitted statistics towards it. Fit on a folder of all the lab's cells.", file=sys.stderr)
     scale = measure(files) if predictor.info.scale else None
     lab_um = scale["pixel_size_um"] if scale else None
-    if lab_um:  # the lab's images as the new folder will read them
-        predictor.preprocess.lab_pixel_size = lab_um
     net, info = load_model_folder(source)
-    batches = (np.stack([predictor.load(f)[0] for f in files[i: i + batch_size]])  # a batch in memory at a time
+    # the lab's images as the new folder will read them: its pooled pixel size where an image has no estimate
+    preprocess = Preprocess(info.data_config, info.scale, None, info.focus, lab_um)
+    batches = (np.stack([preprocess(decode_image(f))[0] for f in files[i: i + batch_size]])  # a batch at a time
                for i in range(0, len(files), batch_size))
     seen = adabn(net, batches, mix)
     record = {"images": len(files), "folder": folder.name, "pixel_size_um": lab_um,
