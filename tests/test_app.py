@@ -137,6 +137,37 @@ def test_adapt_without_a_reviewed_batch_is_a_sentence(predictor):
         review_adapt(SessionModels(predictor), list(CLASSES), [], {}, {}, progress=lambda *a, **k: None)
 
 
+@pytest.mark.slow
+def test_fit_to_the_batch_lab_without_labels_switches_the_session_and_never_accepts(predictor, explainer, tmp_path):
+    from marrowscope.apps.app import batch_fit
+    from marrowscope.apps.app_models import SessionModels
+
+    models = SessionModels(predictor, explainer)
+    images = [_save(tmp_path, f"c{k}.png", synthetic_cell(k % 7, 300 + k)) for k in range(110)]
+    *_, state = batch(predictor, images)
+    zipped, note, model_state, in_use = batch_fit(models, state, {}, progress=lambda *a, **k: None)
+    assert "config.json" in zipfile.ZipFile(zipped).namelist()
+    assert "Fitted without labels on 110 cells" in note and "never accepted" in note
+    assert "fitted without labels on 110 cells" in in_use
+    fitted = models.get(model_state)[0]
+    assert fitted.info.label_free["images"] == 110 and models.get({})[0] is predictor
+    rows = batch(fitted.again(review_below=0.0), images[:14])[0]
+    assert rows and not any(r[4] == "accepted" for r in rows)
+    assert not (Path(model_state["dir"]) / "cells").exists()  # the copies of the batch's cells are gone
+
+
+def test_fit_to_a_batch_lab_needs_a_batch_of_enough_cells(predictor, tmp_path):
+    from marrowscope.apps.app import batch_fit
+    from marrowscope.apps.app_models import SessionModels
+
+    models = SessionModels(predictor)
+    with pytest.raises(gr.Error, match="Classify a batch of this lab's cells first"):
+        batch_fit(models, {}, {}, progress=lambda *a, **k: None)
+    *_, state = batch(predictor, [_save(tmp_path, f"c{k}.png", synthetic_cell(k % 7, k)) for k in range(5)])
+    with pytest.raises(gr.Error, match="has 5 readable cell.*at least 100"):
+        batch_fit(models, state, {}, progress=lambda *a, **k: None)
+
+
 def test_model_and_data_views_read_the_folder(tiny_model, tmp_path):
     v = model_views(tiny_model)
     assert v["curves"].endswith("curves.png")

@@ -61,6 +61,9 @@ def test_a_folder_of_mostly_one_cell_type_gets_a_warning_with_the_shares(tiny_mo
     folder.mkdir()
     for k in range(MIN_CELLS + 5):
         synthetic_cell(2, k).save(folder / f"c{k:03d}.png")
-    adapt_unlabelled(folder, tiny_model, tmp_path / "out")
-    err = capsys.readouterr().err
-    assert "warning: the model sees" in err and "biases the fitted statistics" in err
+    r = adapt_unlabelled(folder, tiny_model, tmp_path / "out")
+    assert r["warning"].startswith("the model sees") and "biases the fitted statistics" in r["warning"]
+    # the command line says it on stderr
+    argv = ["adapt", str(folder), "--unlabelled", "--model", str(tiny_model), "--out", str(tmp_path / "cli")]
+    assert main(argv) == 0
+    assert "warning: the model sees" in capsys.readouterr().err

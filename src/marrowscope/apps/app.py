@@ -22,11 +22,13 @@ from marrowscope.apps.app_models import (
     adapt_to_review,
     banner,
     explainer_for,
+    fit_to_batch,
     use_bundled,
 )
 from marrowscope.apps.field_view import field_tab
 from marrowscope.apps.review import export_review
 from marrowscope.apps.views import cell_advice, data_views, example_images, model_views, scratch_dir
+from marrowscope.core.artifacts import LABEL_FREE_MIN_CELLS as MIN_UNLABELLED
 from marrowscope.core.batch import UNUSUAL_WARNING, BatchResult
 from marrowscope.core.classes import FULL_NAMES, display_name
 from marrowscope.core.errors import MarrowscopeError, Unreadable
@@ -197,6 +199,15 @@ def review_adapt(models: SessionModels, classes: list[str], review_rows, state: 
     return adapt_to_review(models, _reviewed(classes, review_rows, state)[0], model_state, progress=progress)
 
 
+def batch_fit(models: SessionModels, state: Optional[dict], model_state: Optional[dict],
+              progress=gr.Progress(track_tqdm=True)):
+    """The last batch's cells -> the session's model fitted to their lab without labels
+    (see :mod:`marrowscope.apps.app_models`)."""
+    if not state or not state.get("cells"):
+        raise gr.Error("Classify a batch of this lab's cells first; the model is fitted to them.")
+    return fit_to_batch(models, state["cells"], model_state, progress=progress)
+
+
 # ---------------------------------------------------------------- layout: one builder per tab
 def _pixel_size_box(default: Optional[float]):
     return gr.Number(value=default or 0, minimum=0, label="Pixel size in µm (0: estimate from red cells)")
@@ -240,6 +251,12 @@ def _batch_and_review_tabs(models: SessionModels, model_state, in_use, pixel_siz
         table = gr.Dataframe(headers=["file", "predicted", "probability", "top 3", "decision", "set", "unusual"],
                              label="Per image", wrap=True)
         downloads = gr.File(label="CSV downloads", interactive=False)
+        gr.Markdown("Cells from another lab? Fit the model to this batch's lab from its own cells, no labels needed "
+                    f"(at least {MIN_UNLABELLED} cells; about a minute per 500; only this session switches to it, "
+                    "and its cells are never accepted):")
+        fit_go = gr.Button("Fit to this batch's lab (no labels)")
+        fit_note = gr.Markdown()
+        fitted = gr.File(label="fitted model folder (zip)", interactive=False)
     with gr.Tab("Review"):
         gr.Markdown("Confirm or correct each cell's label (edit the **label** column with a class code: "
                     f"{', '.join(classes)}), then export a training set for `marrowscope train`.")
@@ -266,6 +283,9 @@ def _batch_and_review_tabs(models: SessionModels, model_state, in_use, pixel_siz
     adapt_go.click(lambda r, s, ms, pr=gr.Progress(track_tqdm=True): review_adapt(models, classes, r, s, ms, pr),
                    [review, state, model_state], [adapted, adapt_note, model_state, in_use], api_name="adapt",
                    concurrency_limit=1)
+    fit_go.click(lambda s, ms, pr=gr.Progress(track_tqdm=True): batch_fit(models, s, ms, pr),
+                 [state, model_state], [fitted, fit_note, model_state, in_use], api_name="fit_unlabelled",
+                 concurrency_limit=1)
     back.click(lambda ms: use_bundled(models, ms), [model_state], [adapt_note, model_state, in_use],
                api_name="use_bundled")
 

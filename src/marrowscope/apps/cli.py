@@ -333,6 +333,8 @@ def cmd_adapt(a) -> None:
         from marrowscope.fit.label_free import adapt_unlabelled
 
         r = adapt_unlabelled(a.data, a.source, a.out, seed=a.seed)
+        if r["warning"]:
+            print(f"warning: {r['warning']}", file=sys.stderr)
         for u in r["unreadable_files"]:
             print(f"skipped {u['path']}: {u['reason']}", file=sys.stderr)
         um = f"{r['pixel_size_um']:.4f} µm per pixel" if r["pixel_size_um"] else "no pooled pixel size (no red cells)"

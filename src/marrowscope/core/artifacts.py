@@ -29,6 +29,9 @@ WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 REQUIRED = ("architecture", "num_classes", "label_names", "pretrained_cfg")
 DEFAULT_MODEL = Path(os.environ.get("MARROWSCOPE_MODEL", Path(__file__).resolve().parents[3] / "models" / "default"))
+# fitting a lab without labels (`adapt --unlabelled`) needs this many readable cells: fewer, and the
+# statistics are mostly noise
+LABEL_FREE_MIN_CELLS = 100
 
 
 @dataclass

@@ -23,7 +23,6 @@ read.
 from __future__ import annotations
 
 import random
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Optional
@@ -31,7 +30,13 @@ from typing import Optional
 import numpy as np
 import torch
 
-from marrowscope.core.artifacts import CONFIG, load_model_folder, resolve_model_dir, save_model_folder
+from marrowscope.core.artifacts import (
+    CONFIG,
+    LABEL_FREE_MIN_CELLS,
+    load_model_folder,
+    resolve_model_dir,
+    save_model_folder,
+)
 from marrowscope.core.errors import MarrowscopeError, Unreadable
 from marrowscope.core.images import collect_images, decode_image
 from marrowscope.core.predict import Predictor
@@ -39,7 +44,7 @@ from marrowscope.core.preprocess import Preprocess
 from marrowscope.core.scale import measure
 from marrowscope.fit.export import export_onnx
 
-MIN_CELLS = 100  # fewer, and the statistics are mostly noise
+MIN_CELLS = LABEL_FREE_MIN_CELLS
 MAX_CELLS = 1000  # more add little to a mean and a variance, and cost time
 BN_MIX = 0.5  # the lab's share of each batch-norm statistic (measured: above)
 ONE_CLASS_SHARE = 0.6  # a folder the model sees as mostly one class biases the statistics: say so
@@ -104,10 +109,10 @@ def adapt_unlabelled(folder: str | Path, from_model: Optional[str | Path], out: 
                                f"needs at least {MIN_CELLS}.")
     shares = class_shares(predictions)
     top, share = next(iter(shares.items()))
-    if share > ONE_CLASS_SHARE:
-        print(f"warning: the model sees {share:.0%} of these cells as {top} (shares: "
-              + ", ".join(f"{c} {s:.0%}" for c, s in shares.items()) + "); a folder of mostly one cell type biases "
-              "the fitted statistics towards it. Fit on a folder of all the lab's cells.", file=sys.stderr)
+    warning = (f"the model sees {share:.0%} of these cells as {top} (shares: "
+               + ", ".join(f"{c} {s:.0%}" for c, s in shares.items()) + "); a folder of mostly one cell type biases "
+               "the fitted statistics towards it. Fit on a folder of all the lab's cells.") if share > ONE_CLASS_SHARE \
+        else None
     scale = measure(files) if predictor.info.scale else None
     lab_um = scale["pixel_size_um"] if scale else None
     net, info = load_model_folder(source)
@@ -128,7 +133,8 @@ def adapt_unlabelled(folder: str | Path, from_model: Optional[str | Path], out: 
     if (source / "model.onnx").is_file():  # as fast as the source: the same ONNX path
         export_onnx(out, files[:8])
     _write_card(source, out, record)
-    return {**record, "source": source.name, "out": str(out), "unreadable_files": [u.as_dict() for u in bad]}
+    return {**record, "source": source.name, "out": str(out), "unreadable_files": [u.as_dict() for u in bad],
+            "warning": warning}
 
 
 def _write_card(source: Path, out: Path, r: dict) -> None:
