@@ -1,9 +1,11 @@
 """Two ways of choosing the accept threshold, each fitted on some fold models and applied to another.
 
-The shipped rule (``policy.accept_threshold``) is Learn then Test with Bonferroni over a coarse grid of
-17 thresholds. Fixed-sequence testing (Angelopoulos et al., 2021) tests a fine grid strictest first, each
-at the full delta, and keeps the last threshold passed; it starts where a test has the power to pass
-(enough accepted cells that, at half the target's error rate, it would pass 9 times in 10). Both are valid
+The rule for out-of-fold predictions (``policy.accept_threshold``, ``bonferroni``) is Learn then Test with
+Bonferroni over a coarse grid of 17 thresholds; ``fixed-sequence`` (``policy.fixed_sequence``) is the rule
+for the shipped network's own held-out cells. Fixed-sequence testing (Angelopoulos et al., 2021) tests a
+fine grid strictest first, each at the full delta, and keeps the last threshold passed; it starts where a
+test has the power to pass (enough accepted cells that, at half the target's error rate, it would pass 9
+times in 10). Both are valid
 for cells scored by the model they were fitted on. The shipped model is none of the fold models, so this
 script asks how each holds on a model the fit never saw: for each fold k, temperature, blast weight, blast
 threshold and the accept threshold are fitted on the other folds' out-of-fold predictions and applied to
@@ -17,34 +19,10 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from scipy.stats import binom
 
-from marrowscope.core.policy import Policy
+from marrowscope.core.policy import Policy, fixed_sequence
 from marrowscope.core.predict import probs_from_logits
 from marrowscope.fit.calibrate import fit_settings
-
-FINE = np.round(np.arange(0.995, 0.299, -0.005), 3)
-
-
-def fixed_sequence(correct: np.ndarray, top: np.ndarray, eligible: np.ndarray, accuracy: float,
-                   delta: float) -> float:
-    """The lowest threshold of FINE reached by fixed-sequence binomial tests, strictest first; 1.01 if none."""
-    risk, counts = 1 - accuracy, np.arange(1, int(eligible.sum()) + 1)
-    most = binom.ppf(delta, counts, risk)
-    most = np.where(binom.cdf(most, counts, risk) <= delta, most, most - 1)  # the most errors a pass allows
-    powered = (most >= 0) & (binom.cdf(most, counts, risk / 2) >= 0.9)
-    # where to begin depends on how many cells are accepted, never on their labels
-    fewest = min(counts[powered][0] if powered.any() else len(counts), max(1, len(counts) // 2))
-    chosen = 1.01
-    for t in FINE:
-        acc = eligible & (top >= t)
-        n, errors = int(acc.sum()), int((acc & ~correct).sum())
-        if n < fewest:
-            continue
-        if binom.cdf(errors, n, risk) > delta:
-            break
-        chosen = float(t)
-    return chosen
 
 
 def main() -> None:

@@ -296,3 +296,37 @@ def test_the_app_says_why_a_sure_cell_of_an_unusual_image_is_not_accepted():
     text = cell_advice(policy, CLASSES, decide("a", sure, CLASSES, policy, unusual=True))
     assert "unlike the images the model learnt from" in text and "not sure enough" not in text
     assert "accepted" in cell_advice(policy, CLASSES, decide("a", sure, CLASSES, policy, unusual=False))
+
+
+def test_fixed_sequence_begins_where_a_test_can_pass_and_stops_at_the_first_failure():
+    from marrowscope.core.policy import fixed_sequence
+
+    top = np.linspace(1.0, 0.3, 2000)
+    everyone = np.ones(2000, bool)
+    right = np.ones(2000, bool)
+    right[1] = False  # one error among the most confident few: a test begun there would fail and end it all
+    assert fixed_sequence(right, top, everyone, 0.97, 0.1) < 0.35
+    right[np.arange(2000) % 5 == 0] = False  # 80% right from the top: no threshold reaches 97%
+    assert fixed_sequence(right, top, everyone, 0.97, 0.1) > 1
+    right = np.ones(2000, bool)
+    right[(top < 0.6)] = np.arange((top < 0.6).sum()) % 4 != 0  # 75% right below 0.6, every cell right above it
+    chosen = fixed_sequence(right, top, everyone, 0.97, 0.1)
+    accepted = top >= chosen
+    assert 0.5 <= chosen <= 0.6 and right[accepted].mean() >= 0.97  # a few of the worse cells, not many
+    assert fixed_sequence(right, top, everyone, 1.0, 0.1) > 1  # no count of cells shows zero risk
+
+
+def test_fixed_sequence_accepts_at_least_as_much_as_bonferroni_and_keeps_the_accuracy():
+    """Both rules on the same cells: the fine sequence at the full delta reaches lower thresholds than the
+    coarse grid at delta / 17, and either way the accepted cells are at least 97% right here."""
+    from marrowscope.core.policy import accept_threshold
+
+    rng = np.random.default_rng(0)
+    top = rng.uniform(0.3, 1.0, 3000)
+    right = rng.uniform(size=3000) < np.clip((top - 0.3) * 3, 0, 1) ** 0.2  # surer cells are more often right
+    everyone = np.ones(3000, bool)
+    fixed = accept_threshold(right, top, everyone, 0.97, 0.1, "fixed-sequence")
+    bonf = accept_threshold(right, top, everyone, 0.97, 0.1, "bonferroni")
+    assert fixed < bonf <= 1.0
+    for t in (fixed, bonf):
+        assert right[top >= t].mean() >= 0.97
