@@ -36,6 +36,21 @@ def summary(report: dict) -> dict:
     return out
 
 
+def adaptation_split(other: Path, work: Path) -> tuple[Path, Path]:
+    """other-lab-pbc's adaptation split under ``work``: its first 20 images per class by sorted file name,
+    pooled in one folder without class folders or labels, and the other 400 in class folders."""
+    fit, rest = work / "fit", work / "rest"
+    fit.mkdir()
+    for c in sorted(p.name for p in other.iterdir() if p.is_dir()):
+        files = sorted((other / c).glob("*.jpg"))
+        (rest / c).mkdir(parents=True)
+        for f in files[:20]:
+            shutil.copy(f, fit / f.name)  # pooled: no class folders, no labels
+        for f in files[20:]:
+            shutil.copy(f, rest / c / f.name)
+    return fit, rest
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=None)
@@ -46,15 +61,7 @@ def main() -> None:
     res = {"model": source.name}
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
-        fit, rest = work / "fit", work / "rest"
-        fit.mkdir()
-        for c in sorted(p.name for p in other.iterdir() if p.is_dir()):
-            files = sorted((other / c).glob("*.jpg"))
-            (rest / c).mkdir(parents=True)
-            for f in files[:20]:
-                shutil.copy(f, fit / f.name)  # pooled: no class folders, no labels
-            for f in files[20:]:
-                shutil.copy(f, rest / c / f.name)
+        fit, rest = adaptation_split(other, work)
         t = time.perf_counter()
         adapt_unlabelled(fit, source, work / "lab")
         secs = time.perf_counter() - t

@@ -16,6 +16,7 @@ The network stays in eval mode (the label-free fit's statistics), as it will be 
 """
 
 import argparse
+import importlib.util
 import json
 import shutil
 import tempfile
@@ -35,6 +36,15 @@ from marrowscope.fit.label_free import adapt_unlabelled
 from marrowscope.report.evaluate import evaluate
 
 GUARD = 0.15  # the most common call's share may grow by this much, no more
+
+
+def _bench_label_free():
+    """bench/label_free.py, whose adaptation split this study shares (bench/ is scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location("bench_label_free",
+                                                  Path(__file__).parents[1] / "bench" / "label_free.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def entropy(p: torch.Tensor) -> torch.Tensor:
@@ -95,15 +105,7 @@ def main() -> None:
            "measured_on": "the other 400 images of other-lab-pbc", "runs": []}
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
-        fit, rest = work / "fit", work / "rest"
-        fit.mkdir()
-        for c in sorted(p.name for p in other.iterdir() if p.is_dir()):
-            files = sorted((other / c).glob("*.jpg"))
-            (rest / c).mkdir(parents=True)
-            for f in files[:20]:
-                shutil.copy(f, fit / f.name)
-            for f in files[20:]:
-                shutil.copy(f, rest / c / f.name)
+        fit, rest = _bench_label_free().adaptation_split(other, work)
         adapt_unlabelled(fit, source, work / "adabn")
         fitted = sorted(fit.iterdir())
 
