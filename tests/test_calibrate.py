@@ -35,6 +35,8 @@ def test_calibrate_writes_temperature_and_refuses_test(tmp_path, tiny_run):
     assert 0.25 <= r["tta"]["temperature"] <= 8 and "val split" in r["on"] and r["images"] > 0
     # the review policy is fitted beside each temperature and used by the Predictor of that setting
     assert Predictor(model).policy.fitted and Predictor(model, tta=False).policy.fitted
+    # fitted on this network's own held-out cells: fixed-sequence testing, stored with the policy
+    assert r["no_tta"]["policy"]["targets"]["accept_rule"] == "fixed-sequence"
 
 
 def test_calibrate_goes_on_past_unreadable_files(tmp_path, tiny_model):

@@ -178,6 +178,8 @@ def test_calibrate_from_oof_then_predict_and_evaluate_write_decisions(tmp_path, 
     np.savez(oof, logits=np.log(probs)[None], y=y, classes=np.array(CLASSES))
     r = calibrate(Predictor(model), oof=oof, tta=False)
     assert "out-of-fold" in r["on"] and r["images"] == 1500
+    # fold models are not the network that ships: the accept threshold keeps Bonferroni's margin
+    assert r["no_tta"]["policy"]["targets"]["accept_rule"] == "bonferroni"
     assert Predictor(model).policy.fitted
     assert main(["evaluate", "--model", str(model), str(tiny_run / "manifest.csv"), "--split", "test",
                  "--out", str(tmp_path / "ev")]) == 0

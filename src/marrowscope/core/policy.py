@@ -69,7 +69,6 @@ BLAST = "BLA"
 GRID = np.array([*np.round(np.arange(0.30, 0.951, 0.05), 2), 0.97, 0.98, 0.99])
 # fixed-sequence testing spends the whole delta on each test, so its grid can be fine; strictest first
 FINE = np.round(np.arange(0.995, 0.299, -0.005), 3)
-ACCEPT_RULES = ("fixed-sequence", "bonferroni")
 
 
 class Calls(NamedTuple):
