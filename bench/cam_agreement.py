@@ -47,7 +47,7 @@ def main() -> None:
         g, k = grad._heatmap(seen, None)
         t_grad += time.perf_counter() - t
         t = time.perf_counter()
-        c = cam.heatmap(array, k)
+        c, _ = cam.heatmap(array, k)
         c = np.asarray(Image.fromarray(c.astype(np.float32), mode="F").resize(seen.size, Image.BILINEAR))
         t_cam += time.perf_counter() - t
         corr.append(float(np.corrcoef(c.ravel(), g.ravel())[0, 1]))

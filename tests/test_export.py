@@ -87,8 +87,10 @@ def test_the_onnx_file_gives_an_exact_class_activation_map(onnx_model):
     logits, maps = p.session.run(["logits", MAPS_OUTPUT], {p.input_name: x})
     per_class = np.tensordot(cam.w, maps[0], axes=1).mean(axis=(1, 2)) + bias
     assert np.allclose(per_class, logits[0], atol=1e-4)
-    heat = cam.heatmap(x[0], int(logits.argmax()))
+    heat, top = cam.heatmap(x[0], int(logits.argmax()))
     assert heat.shape == maps.shape[2:] and heat.max() == pytest.approx(1.0) and heat.min() >= 0
+    # without a class, the top class's map, from the same run
+    assert top == int(logits.argmax()) and np.array_equal(cam.heatmap(x[0])[0], heat)
     assert cam.overlay(synthetic_cell(3, 9)).mode == "RGB"
 
 

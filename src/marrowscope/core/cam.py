@@ -52,22 +52,24 @@ class OnnxCam:
         return (session is not None and bool(predictor.info.extra.get(CAM_KEY))
                 and MAPS_OUTPUT in [o.name for o in session.get_outputs()])
 
-    def heatmap(self, array: np.ndarray, class_index: int) -> np.ndarray:
-        """[3, H, W] network input -> [h, w] map of ``class_index`` in [0, 1] (ReLU, then scaled by its max)."""
+    def heatmap(self, array: np.ndarray, class_index: Optional[int] = None) -> tuple[np.ndarray, int]:
+        """[3, H, W] network input -> ([h, w] map of ``class_index`` in [0, 1] (ReLU, then scaled by its max),
+        that class); without ``class_index``, of the top class, from the same run of the network."""
         p = self.predictor
-        (maps,) = p.session.run([MAPS_OUTPUT], {p.input_name: array[None].astype(np.float32)})
+        feed = {p.input_name: array[None].astype(np.float32)}
+        if class_index is None:
+            logits, maps = p.session.run(["logits", MAPS_OUTPUT], feed)
+            class_index = int(logits[0].argmax())
+        else:
+            (maps,) = p.session.run([MAPS_OUTPUT], feed)
         cam = np.maximum(np.tensordot(self.w[class_index], maps[0], axes=1), 0)
-        return cam / cam.max() if cam.max() > 0 else cam
+        return (cam / cam.max() if cam.max() > 0 else cam), class_index
 
     def overlay(self, src: ImageSource, class_index: Optional[int] = None, weight: float = 0.55,
                 pixel_size: Optional[float] = None) -> Image.Image:
         """The cell as the network saw it, with the map of ``class_index`` (default: the top class) over it."""
         p = self.predictor
         seen, _, _ = p.preprocess.view(decode_image(src), pixel_size)
-        array = p.preprocess.to_array(seen)
-        if class_index is None:
-            (logits,) = p.session.run(["logits"], {p.input_name: array[None].astype(np.float32)})
-            class_index = int(logits[0].argmax())
-        cam = self.heatmap(array, class_index)
+        cam, _ = self.heatmap(p.preprocess.to_array(seen), class_index)
         cam = np.asarray(Image.fromarray(cam.astype(np.float32), mode="F").resize(seen.size, Image.BILINEAR))
         return colour_blend(np.asarray(seen, dtype=np.float32) / 255.0, cam.clip(0, 1), weight)

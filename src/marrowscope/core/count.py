@@ -27,7 +27,7 @@ from PIL import Image
 
 from marrowscope.core.batch import BatchResult
 from marrowscope.core.csvfiles import write_csv
-from marrowscope.core.detect import MAX_FIELD_PIXELS, Box, field_scale, find_cells
+from marrowscope.core.detect import ASSUMED_UM, MAX_FIELD_PIXELS, Box, field_scale, find_cells
 from marrowscope.core.errors import ImageDecodeError, MarrowscopeError, Unreadable
 from marrowscope.core.images import collect_images, decode_image
 from marrowscope.core.overlay import draw_overlay
@@ -92,7 +92,7 @@ def training_scale(predictor: Predictor) -> tuple[float, float]:
     """(the training images' µm per pixel, the side of a training crop in µm): the window a cell is read in.
     A folder without a measured scale: bone-marrow-7's, 250 px at 0.095 µm."""
     scale = predictor.info.scale or {}
-    um = scale.get("pixel_size_um", 0.095)
+    um = scale.get("pixel_size_um", ASSUMED_UM)
     return um, um * scale.get("field_px", 250)
 
 
@@ -160,7 +160,6 @@ class FieldCounter:
                 # the window was read at the field's scale: the row says where that came from
                 c.prediction = replace(r, scale=scale) if isinstance(r, Prediction) else None
         return out
-
 
 
 def wilson(k: int, n: int) -> tuple[float, float]:

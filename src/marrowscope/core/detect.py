@@ -27,7 +27,7 @@ from PIL import Image
 
 from marrowscope.core.artifacts import DEFAULT_MODEL
 from marrowscope.core.errors import MarrowscopeError
-from marrowscope.core.scale import ASSUMED, RED_CELL_UM, Scale, estimate_pixel_size, red_cell_diameters
+from marrowscope.core.scale import ASSUMED, Scale, pixel_size_from, red_cell_diameters
 
 DETECT_UM = 0.4  # µm per pixel the detector works at: a white cell (10-25 µm) is 25-60 px, a red cell 19 px
 TILE = 256  # px at the detection scale: 102 µm of the slide per tile
@@ -35,6 +35,7 @@ OVERLAP = 96  # px (38 µm): wider than any white cell, so each whole cell lies 
 PAD_VALUE = 0.5  # a tile past the frame's edge is grey (0 after the Lite networks' normalisation)
 MAX_FIELD_PIXELS = 8000 * 8000  # peak memory stays about 1 GB; larger scans are cut into frames first
 SCALE_WINDOW = 512  # the red-cell estimate runs on windows of this many frame pixels, pooled
+ASSUMED_UM = 0.095  # a frame without red cells, where no classifier says otherwise: bone-marrow-7's pixel size
 DETECTOR_DIR = "detector"
 
 
@@ -69,18 +70,14 @@ def field_scale(image: Image.Image, given_um: Optional[float], assumed_um: float
         return Scale(float(given_um), "given")
     w, h = image.size
     if max(w, h) <= SCALE_WINDOW:  # a camera frame or crop: one estimate over it, as predict makes
-        um, n = estimate_pixel_size(image)
-        return Scale(um, f"from {n} red cells") if um else Scale(assumed_um, assumed_how)
-    side = min(SCALE_WINDOW, w, h)
-    xs = np.linspace(0, w - side, 3 if w > 2 * side else 1).round().astype(int)
-    ys = np.linspace(0, h - side, 3 if h > 2 * side else 1).round().astype(int)
-    diameters = [d for y in ys for x in xs for d in red_cell_diameters(image.crop((x, y, x + side, y + side)))]
-    if len(diameters) >= 2:
-        med = float(np.median(diameters))
-        agree = [d for d in diameters if abs(d - med) <= 0.25 * med]
-        if len(agree) >= 2:
-            return Scale(RED_CELL_UM / float(np.median(agree)), f"from {len(agree)} red cells")
-    return Scale(assumed_um, assumed_how)
+        diameters = red_cell_diameters(image)
+    else:
+        side = min(SCALE_WINDOW, w, h)
+        xs = np.linspace(0, w - side, 3 if w > 2 * side else 1).round().astype(int)
+        ys = np.linspace(0, h - side, 3 if h > 2 * side else 1).round().astype(int)
+        diameters = [d for y in ys for x in xs for d in red_cell_diameters(image.crop((x, y, x + side, y + side)))]
+    um, n = pixel_size_from(diameters)
+    return Scale(um, f"from {n} red cells") if um else Scale(assumed_um, assumed_how)
 
 
 def to_detection_scale(image: Image.Image, pixel_size_um: float) -> tuple[np.ndarray, float]:

@@ -76,7 +76,11 @@ def red_cell_diameters(image: Image.Image) -> list[float]:
 
 def estimate_pixel_size(image: Image.Image) -> tuple[Optional[float], int]:
     """(µm per pixel, red cells used), or (None, found) without two red cells that agree within 25%."""
-    d = red_cell_diameters(image)
+    return pixel_size_from(red_cell_diameters(image))
+
+
+def pixel_size_from(d: Sequence[float]) -> tuple[Optional[float], int]:
+    """:func:`estimate_pixel_size` of red-cell diameters already measured (a large frame pools its windows')."""
     if len(d) < 2:
         return None, len(d)
     med = float(np.median(d))

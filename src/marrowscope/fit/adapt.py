@@ -31,7 +31,7 @@ from marrowscope.core.artifacts import (
 from marrowscope.core.data import Sample, load_samples, prepare, scan_folder
 from marrowscope.core.errors import MarrowscopeError, Unreadable
 from marrowscope.core.manifest import read_manifest, write_manifest
-from marrowscope.core.predict import Predictor
+from marrowscope.core.predict import Predictor, probs_from_logits
 from marrowscope.core.uploads import UNPACK_ERRORS
 from marrowscope.fit.checks import fit_domain, fit_focus
 from marrowscope.fit.datasets import CellDataset, make_loader
@@ -144,9 +144,7 @@ def teacher_targets(model_dir: Path, cells: list[Sample], replayed: list[Sample]
     soft = {s.rel: np.eye(len(classes), dtype=np.float32)[classes.index(s.label)] for s in both[: len(cells)]}
     logits, kept, _ = Predictor(model_dir, tta=False, second_reading=False).stacked_logits(
         [s.path for s in replayed])
-    z = logits[0] - logits[0].max(axis=1, keepdims=True)
-    probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
-    for i, p in zip(kept, probs):
+    for i, p in zip(kept, probs_from_logits(logits)):
         soft[both[len(cells) + i].rel] = p
     return [s for s in both if s.rel in soft], soft
 

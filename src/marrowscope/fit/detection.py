@@ -26,13 +26,20 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from marrowscope.core.detect import DETECT_UM, DETECTOR_DIR, OVERLAP, PAD_VALUE, TILE, field_scale, to_detection_scale
+from marrowscope.core.detect import (
+    ASSUMED_UM,
+    DETECT_UM,
+    OVERLAP,
+    PAD_VALUE,
+    TILE,
+    field_scale,
+    to_detection_scale,
+)
 from marrowscope.core.detector_net import TileOutputs, build_detector, network_tile_boxes
 from marrowscope.core.errors import MarrowscopeError
 from marrowscope.core.images import decode_image
 
 WHITE_CELL = 0  # the YOLO class of white cells in the boxed frames (1 red cells, 2 platelets)
-ASSUMED_UM = 0.095  # the pixel size assumed for a frame without red cells: the classifier's training images'
 
 
 @dataclass
@@ -263,7 +270,3 @@ def export_detector_onnx(net, path: Path, tile: int) -> None:
         warnings.simplefilter("ignore")
         torch.onnx.export(TileOutputs(net.eval()), (torch.full((1, 3, tile, tile), PAD_VALUE),), str(path),
                           opset_version=17, dynamo=False, input_names=["image"], output_names=["boxes", "scores"])
-
-
-def detector_dir(model_dir: str | Path) -> Path:
-    return Path(model_dir) / DETECTOR_DIR

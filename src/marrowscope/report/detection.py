@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from marrowscope.core.detect import field_scale, find_cells
+from marrowscope.core.detect import ASSUMED_UM, field_scale, find_cells
 from marrowscope.core.images import decode_image
 
 PRECISION_AT_LEAST = 0.95
@@ -28,7 +28,7 @@ class Scored:
     scores: np.ndarray
 
 
-def score_frames(detector, frames: Sequence, pixel_size: Optional[float] = None, assumed_um: float = 0.095
+def score_frames(detector, frames: Sequence, pixel_size: Optional[float] = None, assumed_um: float = ASSUMED_UM
                  ) -> list[Scored]:
     """Every detection of ``detector`` on each frame (:class:`marrowscope.fit.detection.Frame`-like: path,
     boxes, size), at any score (threshold 0), for the metrics below."""
