@@ -69,7 +69,10 @@ def main() -> None:
                              "own_test_blast_recall_after": own["per_class"]["BLA"]["recall"],
                              # the adapted folder's refitted domain check on both labs' images
                              "other_lab_warned_after": lab.get("unusual_share"),
-                             "own_test_warned_after": own.get("unusual_share")})
+                             "own_test_warned_after": own.get("unusual_share"),
+                             # read by the source model the adapted folder keeps as its home
+                             "other_lab_home_share": lab.get("home_share"),
+                             "own_test_home_share": own.get("home_share")})
                 print(json.dumps(rows[-1]), flush=True)
     Path(a.out).write_text(json.dumps(rows, indent=2) + "\n")
 

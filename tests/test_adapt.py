@@ -186,3 +186,76 @@ def test_replayed_images_are_learnt_from_the_source_networks_own_probabilities(t
         expected = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
         assert np.allclose(soft[c.rel], expected, atol=1e-5)
     assert teacher_targets(tiny_model, lab, home, classes, 0.0)[1] is None
+
+
+@pytest.fixture(scope="module")
+def routed(tiny_run, tmp_path_factory):
+    """An adapted folder of the tiny model (which has a domain check), its lab's cells unlike the home cells."""
+    from tests.conftest import strange_image
+
+    work = tmp_path_factory.mktemp("routed")
+    for c in ("EOS", "LYT"):
+        (work / "lab" / c).mkdir(parents=True)
+        for k in range(6):
+            strange_image(k + 7 * (c == "LYT")).rotate(90 * (c == "LYT")).save(work / "lab" / c / f"{k}.png")
+    adapt(work / "lab", tiny_run / "model", work / "ours", epochs=1, workers=0, holdout=0)
+    return work / "ours"
+
+
+@pytest.mark.slow
+def test_images_like_the_home_labs_keep_the_home_models_whole_prediction(tiny_run, routed, tmp_path):
+    """A lab that adapts must not lose blasts at home: the source's calls, blast weight and accept rule were
+    fitted on its held-out cells, so where its own domain check finds an image usual its prediction stands."""
+    import numpy as np
+
+    from marrowscope.core.artifacts import MODEL_FILES
+    from marrowscope.core.manifest import read_manifest
+    from marrowscope.core.predict import Predictor
+    from tests.conftest import strange_image
+
+    source = tiny_run / "model"
+    assert read_model_info(routed).home == routed / "home"
+    assert {n for n in MODEL_FILES if (source / n).is_file()} <= {p.name for p in (routed / "home").iterdir()}
+    own = [s.path for s in read_manifest(tiny_run / "manifest.csv") if s.split == "test"]
+    for k in range(4):
+        strange_image(30 + k).save(tmp_path / f"new{k}.png")
+    images = [*own, *sorted(tmp_path.glob("new*.png"))]
+    home = {r.source: r for r in Predictor(source, second_reading=False).predict_many(images)}
+    lab = {r.source: r for r in Predictor(routed, domain_check=False).predict_many(images)}  # the network alone
+    results = list(Predictor(routed).predict_many(images))
+    assert {r.network for r in results} == {"home", "lab"}  # both ways were taken
+    for r in results:
+        h = home[r.source]
+        if r.network == "home":
+            assert h.unusual is False and (r.call, r.decision, r.set) == (h.call, h.decision, h.set)
+            assert np.allclose(r.probs, h.probs, atol=1e-6)
+        else:
+            assert h.unusual and r.network == "lab" and np.allclose(r.probs, lab[r.source].probs, atol=1e-6)
+    assert all(r.network == "home" for r in results[: len(own)] if not home[r.source].unusual)
+    assert all(r.network == "lab" for r in results[len(own):])
+    # a folder adapted from an adapted folder keeps the first lab as home
+    again = adapt(routed.parent / "lab", routed, tmp_path / "twice", epochs=1, workers=0, holdout=0)
+    assert again["home"] == "home"
+    twice = tmp_path / "twice" / "home"
+    assert (twice / "model.safetensors").read_bytes() == (source / "model.safetensors").read_bytes()
+
+
+@pytest.mark.slow
+def test_the_csv_and_the_app_say_which_model_read_each_image(tiny_run, routed, tmp_path):
+    import csv
+
+    from marrowscope.apps.app import classify
+    from marrowscope.core.manifest import read_manifest
+    from marrowscope.core.predict import Predictor
+    from tests.conftest import strange_image
+
+    own = next(s.path for s in read_manifest(tiny_run / "manifest.csv") if s.split == "test"
+               and not Predictor(tiny_run / "model").predict_one(s.path).unusual)
+    strange_image(40).save(tmp_path / "new.png")
+    assert main(["predict", str(own), str(tmp_path / "new.png"), "--model", str(routed),
+                 "--out", str(tmp_path / "p.csv")]) == 0
+    rows = {r["file"]: r["network"] for r in csv.DictReader(open(tmp_path / "p.csv"))}
+    assert rows == {str(own): "home", str(tmp_path / "new.png"): "lab"}
+    p = Predictor(routed)
+    assert "Read by the model this one was adapted from" in classify(p, None, str(own))[2]
+    assert "Read by the adapted network" in classify(p, None, str(tmp_path / "new.png"))[2]

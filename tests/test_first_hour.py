@@ -147,12 +147,14 @@ def test_the_bundled_model_is_found_from_any_folder(tmp_path, monkeypatch):
 def test_adapt_says_what_it_did():
     r = {"source": "default", "data": "lab", "cells": 112, "per_class": {"LYT": 16, "EOS": 16}, "replayed": 210,
          "held_out": 20, "held_out_per_class": {"LYT": 4, "EOS": 4}, "accuracy_before": 0.6, "accuracy_after": 0.9,
-         "interval_before": [0.39, 0.78], "interval_after": [0.7, 0.97], "blast_weight_dropped": True}
+         "interval_before": [0.39, 0.78], "interval_after": [0.7, 0.97], "blast_weight_dropped": True, "home": "home"}
     text = adapt_report(r, "new")
     assert "EOS 16, LYT 16" in text and "held out 20 cells" in text and "EOS 4, LYT 4" in text
     assert "0.60 before (95% interval 0.39-0.78)" in text and "one cell is 5 points" in text
-    assert "blast weight was dropped" in text and "domain check was refitted" in text
-    assert "blast weight" not in adapt_report({**r, "blast_weight_dropped": False}, "new")
+    assert "cells get no blast weight" in text and "domain check was refitted" in text
+    assert "kept in home/" in text and "network column says home" in text
+    assert "no blast weight" not in adapt_report({**r, "blast_weight_dropped": False}, "new")
+    assert "home/" not in adapt_report({**r, "home": None}, "new")
 
 
 @pytest.mark.parametrize("flag, differs", [

@@ -23,6 +23,7 @@ from marrowscope.apps.app_models import (
     banner,
     explainer_for,
     fit_to_batch,
+    home_explainer,
     use_bundled,
 )
 from marrowscope.apps.field_view import field_tab
@@ -63,6 +64,8 @@ def classify(predictor: Predictor, explainer, image_path: Optional[str], pixel_s
         raise gr.Error("Upload, paste or drop a cell image first.")
     try:
         pred = predictor.predict_one(image_path, pixel_size or None)
+        if pred.network == "home":  # an adapted folder kept its home model's prediction: its rules and map
+            predictor, explainer = predictor.home, home_explainer(predictor.home, explainer)
         # the overlay reuses the pixel size the prediction used, rather than estimating it again
         used = pixel_size or (pred.scale.pixel_size_um if pred.scale else None)
         call = predictor.classes.index(pred.call)  # the most probable class, or a blast
@@ -75,6 +78,11 @@ def classify(predictor: Predictor, explainer, image_path: Optional[str], pixel_s
         advice = "**Warning:** this image looks unlike the images the model learnt from: results may be wrong.\n\n" \
                  + advice + (f"\n\nRead twice, as it is and with the cell at {predictor.second_zoom:g} of its size, "
                              "and the two averaged (README, \"Other labs\")." if predictor.second_zoom else "")
+    if pred.network:
+        advice += ("\n\nRead by the model this one was adapted from: the image is like its own training images, "
+                   "so its call, blast rule and accept rule hold." if pred.network == "home" else
+                   "\n\nRead by the adapted network: the image is unlike the training images of the model it was "
+                   "adapted from.")
     if pred.scale is not None:
         advice += f"\n\nScale: {pred.scale}."
     if overlay is not None:

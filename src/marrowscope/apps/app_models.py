@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+from functools import lru_cache
 from pathlib import Path
 from typing import Optional
 
@@ -31,6 +32,20 @@ def explainer_for(predictor: Predictor):
     from marrowscope.core.cam import OnnxCam
 
     return OnnxCam(predictor) if OnnxCam.available(predictor) else LoadingExplainer(predictor.model_dir)
+
+
+def home_explainer(home: Predictor, explainer):
+    """The map for a call an adapted folder's home model made: from the home's ONNX file (the bundled
+    model's has one), else none rather than another network's map; None where maps are off."""
+    return _onnx_cam(home) if explainer is not None else None
+
+
+@lru_cache(maxsize=4)
+def _onnx_cam(predictor: Predictor):
+    """The ONNX file's map of a predictor, built once (it reads the head's weights), or None without one."""
+    from marrowscope.core.cam import OnnxCam
+
+    return OnnxCam(predictor) if OnnxCam.available(predictor) else None
 
 
 class LoadingExplainer:

@@ -319,12 +319,14 @@ def adapt_report(r: dict, out: str) -> str:
                      f"is {100 / r['held_out']:.0f} points, so a change inside the intervals may be chance")
     else:
         lines.append("  no accuracy before/after: too few cells per class to hold any out (--holdout)")
+    if r.get("home"):
+        lines.append(f"  the source model is kept in {r['home']}/: images its own domain check finds like its training "
+                     "images keep its calls, blast weight and accept rule (the predictions' network column says home)")
     if r.get("blast_weight_dropped"):
-        lines.append("  the blast weight was dropped: it was fitted on the source lab's blasts and does not hold for "
-                     "the new lab's cells; `marrowscope calibrate` on the lab's own labelled cells (blasts among "
-                     "them) fits a new one")
-    lines.append("  the domain check was refitted on both labs' cells, so this folder no longer flags the new lab's "
-                 "images as unusual; cells of a lab it has not seen still are")
+        lines.append("  the new lab's cells get no blast weight: it was fitted on the source lab's blasts; `marrowscope "
+                     "calibrate` on the lab's own labelled cells (blasts among them) fits one")
+    lines.append("  the adapted network's domain check was refitted on both labs' cells, so the new lab's images are "
+                 "no longer unusual; cells of a lab it has not seen still are")
     return "\n".join(lines)
 
 

@@ -32,6 +32,12 @@ DEFAULT_MODEL = Path(os.environ.get("MARROWSCOPE_MODEL", Path(__file__).resolve(
 # fitting a lab without labels (`adapt --unlabelled`) needs this many readable cells: fewer, and the
 # statistics are mostly noise
 LABEL_FREE_MIN_CELLS = 100
+# An adapted folder's copy of the model folder it was adapted from (labelled ``adapt``): cells its own
+# domain check finds like its training cells keep that model's calls (:class:`~marrowscope.core.predict.Predictor`)
+HOME = "home"
+# the files that decide what a model folder predicts (what a resumed run checks, what an adapted folder's
+# home keeps)
+MODEL_FILES = (CONFIG, WEIGHTS, "model.onnx", "model.int8.onnx", "domain.safetensors")
 
 
 @dataclass
@@ -74,6 +80,13 @@ class ModelInfo:
         its cells are never accepted, and its images are read at the lab's pooled pixel size."""
         return self.extra.get("label_free") or None
 
+    @property
+    def home(self) -> Optional[Path]:
+        """The source model folder an adapted folder carries (``HOME``), which keeps the calls of cells like
+        its own training cells; None for a folder without one."""
+        home = self.path / HOME
+        return home if (self.extra.get("adapted") or {}).get("home") and (home / CONFIG).is_file() else None
+
     def policy(self, tta: bool) -> Optional[dict]:
         """The review policy fitted for inference with or without TTA (`marrowscope calibrate`), or None."""
         return (self.extra.get("policy") or {}).get("tta" if tta else "no_tta")
@@ -97,7 +110,8 @@ def save_model_folder(net: nn.Module, out_dir: str | Path, classes: Sequence[str
 
     Args:
         half: store weights in float16 (half the size; they load back as float32).
-        files: extra files to copy in, name -> source path (history, manifest, ...).
+        files: extra files or folders to copy in, name -> source path (history, manifest, an adapted
+            folder's home model folder, ...).
     """
     from safetensors.torch import save_file
     from timm.models._hub import save_config_for_hf
@@ -116,7 +130,10 @@ def save_model_folder(net: nn.Module, out_dir: str | Path, classes: Sequence[str
             model_config["label_descriptions"] = descriptions
         save_config_for_hf(net, str(tmp / CONFIG), model_config=model_config, data_config=dict(data_config))
         for name, src in (files or {}).items():
-            shutil.copy2(src, tmp / name)
+            if Path(src).is_dir():
+                shutil.copytree(src, tmp / name)
+            else:
+                shutil.copy2(src, tmp / name)
         old = out_dir.with_name(f".{out_dir.name}.old")
         if out_dir.exists():
             shutil.rmtree(old, ignore_errors=True)

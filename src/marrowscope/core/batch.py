@@ -71,7 +71,8 @@ class BatchResult:
         else:
             row = {"file": name, "status": "ok", "predicted": result.call, "probability": round(result.probability, 4),
                    "decision": result.decision, "set": "" if result.set is None else "|".join(result.set), "error": "",
-                   "scale": str(result.scale or ""), "focus_blur_px": blur_cell(result.blur_px)}
+                   "scale": str(result.scale or ""), "focus_blur_px": blur_cell(result.blur_px),
+                   "network": result.network}
             for i, (label, p) in enumerate(result.top_k(self.classes, self.top_k), 1):
                 row[f"top{i}"], row[f"p{i}"] = label, round(p, 4)
             if result.unusual is not None:  # None: no domain check
@@ -83,7 +84,7 @@ class BatchResult:
     def columns(self) -> list[str]:
         tops = [c for i in range(1, self.top_k + 1) for c in (f"top{i}", f"p{i}")]
         return ["file", "status", "predicted", "probability", *tops, "decision", "set", "domain_score", "unusual",
-                "scale", "focus_blur_px", "error"]
+                "network", "scale", "focus_blur_px", "error"]
 
     @property
     def accepted_counts(self) -> list[dict]:

@@ -26,6 +26,9 @@ COLUMNS = {
                     "a domain check",
     "unusual": "yes when domain_score is above the model folder's cut-off (printed with the warning): results "
                "may be wrong, the image is read twice and gets no set; empty without a domain check",
+    "network": "only for a folder made by `adapt` from labelled cells: home where the model it was adapted from "
+               "found the image like its own training images and its whole prediction was kept (domain_score and "
+               "unusual are then that model's), lab where the adapted network's was used; empty otherwise",
     "scale": "the pixel size the image was read at, and where it came from (its red cells, --pixel-size, or "
              "assumed equal to the training images')",
     "focus_blur_px": "the blur (px) given to an image crisper than the training images before classifying "

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
+from marrowscope.core.artifacts import HOME, MODEL_FILES
 from marrowscope.core.errors import MarrowscopeError, Unreadable
 from marrowscope.core.predict import Prediction, Predictor, Result
 from marrowscope.core.scale import Scale
 
 SYNC_S = 2.0
-IDENTITY_FILES = ("config.json", "model.safetensors", "model.onnx", "model.int8.onnx", "domain.safetensors")
 
 
 def partial_path(out: str | Path) -> Path:
@@ -35,7 +35,7 @@ def partial_path(out: str | Path) -> Path:
 def identity(predictor: Predictor, command: str) -> dict:
     """What decides a run's results: the command, the model folder's files (hashed) and the settings."""
     digest = hashlib.sha256()
-    for name in IDENTITY_FILES:
+    for name in [*MODEL_FILES, *(f"{HOME}/{n}" for n in MODEL_FILES)]:  # an adapted folder's home decides too
         path = predictor.model_dir / name
         if path.is_file():
             digest.update(name.encode() + path.read_bytes())
@@ -52,7 +52,7 @@ def record(result: Result) -> dict:
     return {"file": r.source, "probs": [float(p) for p in r.probs], "dtype": str(r.probs.dtype), "call": r.call,
             "probability": r.probability, "decision": r.decision, "set": None if r.set is None else list(r.set),
             "unusual": r.unusual, "domain_score": r.domain_score, "blur_px": r.blur_px,
-            "scale": None if r.scale is None else [r.scale.pixel_size_um, r.scale.source]}
+            "scale": None if r.scale is None else [r.scale.pixel_size_um, r.scale.source], "network": r.network}
 
 
 def result_of(rec: dict) -> Result:
@@ -61,7 +61,8 @@ def result_of(rec: dict) -> Result:
         return Unreadable(rec["file"], rec["reason"])
     return Prediction(rec["file"], np.array(rec["probs"], dtype=rec["dtype"]), rec["call"], rec["probability"],
                       rec["decision"], None if rec["set"] is None else tuple(rec["set"]), rec["unusual"],
-                      rec["domain_score"], None if rec["scale"] is None else Scale(*rec["scale"]), rec["blur_px"])
+                      rec["domain_score"], None if rec["scale"] is None else Scale(*rec["scale"]), rec["blur_px"],
+                      rec.get("network", ""))
 
 
 class PartialFile:

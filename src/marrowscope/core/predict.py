@@ -20,7 +20,7 @@ import math
 import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib.util import find_spec
 from itertools import islice
 from pathlib import Path
@@ -50,6 +50,9 @@ class Prediction:
     ``unusual``: the domain check finds the image unlike the training images (None: no check).
     ``domain_score``: its score (None without one). ``scale``: the scale it was read at; ``blur_px``: the
     blur focus matching gave it (0.0: none; None where the model folder has no focus settings).
+    ``network``: in an adapted folder that carries its home model, "home" where that model's domain check
+    found the image like its training images and its whole prediction was kept, "lab" where the adapted
+    network's was used; "" for any other folder.
     """
 
     source: str
@@ -62,6 +65,7 @@ class Prediction:
     domain_score: Optional[float] = None
     scale: Optional[Scale] = None
     blur_px: Optional[float] = None
+    network: str = ""
 
     ok = True  # an Unreadable has ok False and a reason
 
@@ -74,7 +78,8 @@ Result = Union[Prediction, Unreadable]
 
 class Raw(NamedTuple):
     """One image before the softmax: its [V, C] logits, scale, domain score, [D] features, focus blur and the
-    [V, C] logits of its second reading (None unless the domain check flagged it)."""
+    [V, C] logits of its second reading (None unless the domain check flagged it); ``home``: the adapted
+    folder's home model's :class:`Raw` of it where that model finds it usual (None otherwise)."""
 
     source: str
     logits: np.ndarray
@@ -83,6 +88,7 @@ class Raw(NamedTuple):
     features: Optional[np.ndarray]
     blur_px: Optional[float] = None
     again: Optional[np.ndarray] = None
+    home: Optional["Raw"] = None
 
 
 def tta_views(batch: np.ndarray, tta: bool) -> np.ndarray:
@@ -136,6 +142,13 @@ class Predictor:
     (to fit a new one). ``second_reading``: False reads every image once, even where the folder
     chose a second reading of unusual images (to choose one). ``device`` places the PyTorch backend's
     network (default: CPU).
+
+    A folder written by labelled ``adapt`` carries the model it was adapted from (``home/``). With the
+    domain check on, every image is read by that model first, and those its own domain check finds like
+    its training images keep its whole prediction: its calls, blast weight and accept rule, which were
+    fitted on its lab's held-out cells and which the adapted network's cannot be without them. The rest,
+    the new lab's cells, get the adapted network's, which reads only them. Fits (:meth:`stacked_logits`,
+    and predictors built with ``domain_check=False``) read the adapted network alone.
     """
 
     def __init__(self, model_dir: Optional[str | Path] = None, backend: str = "auto", threads: Optional[int] = None,
@@ -188,6 +201,10 @@ class Predictor:
         has_features = self.session is None or len(self.outputs) > 1
         self.unusual_above = self.domain.threshold if self.domain is not None and has_features else None
         self.second_zoom = self.info.second_zoom if self.info.scale and second_reading else None
+        # read once: the images it keeps are usual to it, and a second reading is only for unusual ones
+        home = self.info.home if domain_check else None
+        self.home = Predictor(home, **{**self.settings, "backend": "torch" if backend == "torch" else "auto",
+                                       "second_reading": False}) if home else None
 
     def again(self, model_dir: Optional[str | Path] = None, **changes) -> "Predictor":
         """A new predictor with the settings this one was built with, on another model folder (default:
@@ -236,21 +253,48 @@ class Predictor:
         return logits.reshape(-1, len(batch), logits.shape[-1]), feats, scores
 
     def infer(self, sources: Sequence[ImageSource], names: Sequence[str], loaded: Sequence[tuple],
-              pool: Optional[ThreadPoolExecutor] = None) -> list[Raw]:
+              pool: Optional[ThreadPoolExecutor] = None, route: bool = True) -> list[Raw]:
         """The :class:`Raw` results of images :meth:`load` has read (``loaded``: its tensors, scales and
         blurs), the flagged ones read a second time: the one step after decoding that a batch, a single
-        image and a DDP rank share."""
-        logits, feats, scores = self.forward(np.stack([x[0] for x in loaded]))
-        again = self.read_again(sources, [x[1] for x in loaded], scores, pool)
-        return [Raw(name, logits[:, k], x[1], None if scores is None else float(scores[k]),
-                    None if feats is None else feats[k], x[2], again[k])
-                for k, (name, x) in enumerate(zip(names, loaded))]
+        image and a DDP rank share. In an adapted folder (``route``), the home model's own result for the
+        images it keeps (their ``home`` set), and this network's for the rest only."""
+        home = self.home.usual(sources, names, [x[1] for x in loaded], pool) if self.home and route \
+            else [None] * len(loaded)
+        out: list = [None if h is None else h._replace(home=h) for h in home]
+        todo = [k for k, h in enumerate(home) if h is None]
+        if not todo:
+            return out
+        logits, feats, scores = self.forward(np.stack([loaded[k][0] for k in todo]))
+        again = self.read_again([sources[k] for k in todo], [loaded[k][1] for k in todo], scores, pool)
+        for j, k in enumerate(todo):
+            out[k] = Raw(names[k], logits[:, j], loaded[k][1], None if scores is None else float(scores[j]),
+                         None if feats is None else feats[j], loaded[k][2], again[j])
+        return out
+
+    def usual(self, sources: Sequence[ImageSource], names: Sequence[str], scales: Sequence[Optional[Scale]],
+              pool: Optional[ThreadPoolExecutor] = None) -> list[Optional[Raw]]:
+        """This folder's :class:`Raw` of each source its domain check finds usual, read at the pixel size
+        ``scales`` already found for it (one estimate per image); None for the rest, and for all without a
+        check."""
+        out: list[Optional[Raw]] = [None] * len(sources)
+        if self.unusual_above is None:
+            return out
+        loads = (pool.map if pool else map)(
+            lambda i: self.load(sources[i], names[i], scales[i].pixel_size_um if scales[i] else None),
+            range(len(sources)))
+        loaded = [(i, x) for i, x in enumerate(loads) if not isinstance(x, Unreadable)]  # changed since: not kept
+        if loaded:
+            raws = self.infer([sources[i] for i, _ in loaded], [names[i] for i, _ in loaded], [x for _, x in loaded])
+            for (i, _), r in zip(loaded, raws):
+                out[i] = None if flagged(r.domain_score, self.unusual_above) else r
+        return out
 
     def stream_logits(self, sources: Sequence[ImageSource], names: Optional[Sequence[str]] = None,
-                      batch_size: int = 32, workers: Optional[int] = None, pixel_size: Optional[float] = None
-                      ) -> Iterator[Union[Raw, Unreadable]]:
+                      batch_size: int = 32, workers: Optional[int] = None, pixel_size: Optional[float] = None,
+                      route: bool = True) -> Iterator[Union[Raw, Unreadable]]:
         """A :class:`Raw` result or :class:`Unreadable` per source, in input order; decoding runs in
-        threads one batch ahead of the model."""
+        threads one batch ahead of the model. ``route``: False reads every image with this folder's own
+        network, even in an adapted folder (for fits)."""
         names = list(names) if names is not None else [_name(s, i) for i, s in enumerate(sources)]
         with ThreadPoolExecutor(workers or min(4, os.cpu_count() or 1)) as pool:
             pending: deque = deque()
@@ -263,16 +307,17 @@ class Predictor:
                     pending.append((name, src, pool.submit(self.load, src, name, pixel_size)))
                 loaded = [(name, src, fut.result()) for name, src, fut in chunk]
                 ok = [(src, name, x) for name, src, x in loaded if not isinstance(x, Unreadable)]
-                raws = iter(self.infer(*map(list, zip(*ok)), pool) if ok else [])
+                raws = iter(self.infer(*map(list, zip(*ok)), pool, route) if ok else [])
                 for _, _, x in loaded:
                     yield x if isinstance(x, Unreadable) else next(raws)
 
     def stacked_logits(self, sources: Sequence[ImageSource], names: Optional[Sequence[str]] = None
                        ) -> tuple[Optional[np.ndarray], list[int], list[Unreadable]]:
         """[V, N, C] logits of the sources that could be read (None if none could), their indices in
-        ``sources``, and the unreadable ones: for fits and cross-validation, which need every view."""
+        ``sources``, and the unreadable ones: for fits and cross-validation, which need every view (of
+        this folder's own network, even in an adapted folder)."""
         logits, kept, bad = [], [], []
-        for i, r in enumerate(self.stream_logits(sources, names)):
+        for i, r in enumerate(self.stream_logits(sources, names, route=False)):
             if isinstance(r, Unreadable):
                 bad.append(r)
             else:
@@ -288,10 +333,12 @@ class Predictor:
 
     def finish(self, r: Raw) -> Prediction:
         """The :class:`Prediction` of a :class:`Raw` result: its probabilities, its unusual flag, then
-        :func:`decide`."""
+        :func:`decide`; in an adapted folder, the home model's own where it kept the image."""
+        if r.home is not None:
+            return replace(self.home.finish(r.home), network="home")
         return decide(r.source, self.probs(r.logits, r.again), self.classes, self.policy,
                       flagged(r.domain_score, self.unusual_above), domain_score=r.domain_score, scale=r.scale,
-                      blur_px=r.blur_px)
+                      blur_px=r.blur_px, network="" if self.home is None else "lab")
 
     def probs(self, logits: np.ndarray, again: Optional[np.ndarray] = None) -> np.ndarray:
         """[C] probabilities of one image's [V, C] logits and its second reading's (or None): softmax at the

@@ -5,11 +5,18 @@ training images so that the other classes are not forgotten, into a new model fo
 
 DATA may be class folders (any subset of the model's classes), a labels.csv or manifest, or the
 app's ``reviewed.zip`` as it is. The source model folder is never modified.
+
+The new folder carries a copy of the source model (``home/``; an adapted source's own home, so the
+first lab stays home): images the source's domain check finds like its training images keep the
+source's whole prediction (:class:`~marrowscope.core.predict.Predictor`). Why: the blast weight and the
+accept rule were fitted on the source network's held-out blasts and cells; the adapted network has none
+to fit its own on, and a lab that adapts must not lose blasts at home.
 """
 
 from __future__ import annotations
 
 import random
+import shutil
 import sys
 import tempfile
 import zipfile
@@ -22,6 +29,8 @@ from scipy.stats import binomtest
 
 from marrowscope.core.artifacts import (
     CONFIG,
+    HOME,
+    MODEL_FILES,
     blend_weights,
     load_model_folder,
     read_model_info,
@@ -223,12 +232,28 @@ def adapt(data: str | Path, from_model: Optional[str | Path], out: str | Path, *
         # it was never fitted on (`calibrate` on the lab's own held-out cells, blasts among them, refits it)
         if extra.get("policy"):
             extra["policy"] = {k: {**v, "blast_weight": 1.0} for k, v in extra["policy"].items()}
-        save_model_folder(net, out, info.classes, info.data_config, extra=extra, half=True)
+        summary["home"] = HOME
+        save_model_folder(net, out, info.classes, info.data_config, extra=extra, half=True,
+                          files={HOME: _home_copy(source, Path(work))})
         _refit_checks(out, [*train, *replayed], [*cells, *per_class(own, DOMAIN_PER_CLASS, seed)], seed)
         summary["accuracy_before"], summary["interval_before"] = _accuracy(source, held)
         summary["accuracy_after"], summary["interval_after"] = _accuracy(out, held)
     _write_card(source, out, summary)
     return summary
+
+
+def _home_copy(source: Path, work: Path) -> Path:
+    """The files of the model the adapted folder keeps as its home (the source's own home if it has one),
+    copied into ``work``."""
+    home = read_model_info(source).home or source
+    copy = work / HOME
+    copy.mkdir()
+    for name in MODEL_FILES:
+        if (home / name).is_file():
+            shutil.copy2(home / name, copy / name)
+    if (home / "MODEL_CARD.md").is_file():
+        shutil.copy2(home / "MODEL_CARD.md", copy / "MODEL_CARD.md")
+    return copy
 
 
 def _refit_checks(model_dir: Path, train: list[Sample], both_labs: list[Sample], seed: int) -> None:
@@ -258,5 +283,7 @@ def _write_card(source: Path, out: Path, s: dict) -> None:
                f"and {s['replayed']} replayed training images of the source model"
                + (f" (their targets {1 - s['replay_distill']:g} label, {s['replay_distill']:g} the source model's own "
                   "probabilities)" if s.get("replay_distill") else "") + f". {held} The figures above are "
-               "the source model's; measure this one on your own images.\n")
+               "the source model's; measure this one on your own images. Images that the source model's domain "
+               f"check finds like its own training images are read by that model, kept in `{s['home']}/`, with its "
+               "blast weight and accept rule: on them the figures above hold as they are.\n")
     (out / "MODEL_CARD.md").write_text(card + section)

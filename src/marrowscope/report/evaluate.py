@@ -113,6 +113,9 @@ def format_report(m: dict, classes: Sequence[str]) -> str:
                      "domain check finds usual)")
     if "unusual_share" in m:
         lines.append(f"domain check: {m['unusual_share']:.1%} of the images look unlike the training images")
+    if "home_share" in m:
+        lines.append(f"{m['home_share']:.1%} of the images were read by the model this folder was adapted from "
+                     "(like its own training images), the rest by the adapted network")
     if m.get("overlap_with_training"):
         lines.append(f"WARNING: {m['overlap_with_training']} of these images are in the model's training split.")
     return "\n".join(lines)
@@ -184,6 +187,8 @@ def _report(predictor: Predictor, data, split: str, kept: list, unreadable: list
     if flags:
         m["unusual_share"] = float(np.mean(flags))
         m["domain_threshold"] = predictor.unusual_above
+    if predictor.home is not None:  # an adapted folder: how many calls its home model kept
+        m["home_share"] = float(np.mean([r.network == "home" for _, r in kept]))
     m.update({
         "data": Path(data).name, "split": split, "model": predictor.model_dir.name, "backend": predictor.backend,
         "tta": predictor.tta, "temperature": predictor.temperature,
@@ -206,9 +211,10 @@ def _write(m: dict, kept: list, classes: Sequence[str], out: Path) -> None:
     # paths relative to the data's root: the report reads the same on every machine
     write_csv(out / "predictions.csv",
               ["path", "label", "predicted", "confidence", "decision", "set", *classes, "domain_score", "unusual",
-               "scale", "focus_blur_px"],
+               "network", "scale", "focus_blur_px"],
               ([s.rel or s.path.name, s.label, r.call, f"{r.probability:.4f}", r.decision, "|".join(r.set or []),
-                *(f"{p:.4f}" for p in r.probs), *_domain_cells(r), str(r.scale or ""), blur_cell(r.blur_px)]
+                *(f"{p:.4f}" for p in r.probs), *_domain_cells(r), r.network, str(r.scale or ""),
+                blur_cell(r.blur_px)]
                for s, r in kept))
     title = f"{m['split']} split, {len(kept)} images"
     plot_confusion(np.array(m["confusion_matrix"]), classes, out / "confusion_matrix.png", title)
