@@ -17,7 +17,7 @@ from pathlib import Path
 from marrowscope.core.artifacts import resolve_model_dir
 from marrowscope.core.data import default_data_dir
 from marrowscope.core.predict import Predictor
-from marrowscope.fit.adapt import MIX, REPLAY_DISTILL, adapt
+from marrowscope.fit.adapt import REPLAY_DISTILL, adapt
 from marrowscope.report.evaluate import evaluate
 
 
@@ -25,9 +25,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=None)
     ap.add_argument("--cells", type=int, nargs="+", default=[5, 10, 20])
-    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--epochs", type=int, default=None, help="default: adapt's own choice for the source")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--mix", type=float, default=MIX)
+    ap.add_argument("--mix", type=float, default=None, help="default: adapt's own choice for the source")
     ap.add_argument("--distill", type=float, default=REPLAY_DISTILL, help="replayed images' weight on the source's "
                     "probabilities")
     ap.add_argument("--out", default="docs/results/adapt.json")
@@ -54,12 +54,13 @@ def main() -> None:
             for seed in a.seeds:
                 out = work / f"adapted{k}_{seed}"
                 t = time.perf_counter()
-                adapt(cells, source, out, epochs=a.epochs, holdout=0, seed=seed, mix=a.mix, distill=a.distill)
+                done = adapt(cells, source, out, epochs=a.epochs, holdout=0, seed=seed, mix=a.mix, distill=a.distill)
                 secs = time.perf_counter() - t
                 lab = evaluate(Predictor(out), rest, "all")
                 own = evaluate(Predictor(out), source / "manifest.csv", "test")
                 recall = {c: r["recall"] for c, r in lab["per_class"].items() if r["support"]}
-                rows.append({"cells_per_class": k, "seed": seed, "mix": a.mix, "replay_distill": a.distill,
+                rows.append({"cells_per_class": k, "seed": seed, "mix": done["mix"], "epochs": done["epochs"],
+                             "replay_distill": a.distill,
                              "adapt_seconds": round(secs, 1),
                              "other_lab_accuracy_before": before_lab["accuracy"],
                              "other_lab_accuracy_after": lab["accuracy"], "other_lab_recall_after": recall,
@@ -72,7 +73,10 @@ def main() -> None:
                              "own_test_warned_after": own.get("unusual_share"),
                              # read by the source model the adapted folder keeps as its home
                              "other_lab_home_share": lab.get("home_share"),
-                             "own_test_home_share": own.get("home_share")})
+                             "own_test_home_share": own.get("home_share"),
+                             **{f"{where}_{k}": m["decisions"].get(k)
+                                for where, m in (("other_lab", lab), ("own_test", own))
+                                for k in ("accepted_share", "accepted_accuracy", "blast_catch")}})
                 print(json.dumps(rows[-1]), flush=True)
     Path(a.out).write_text(json.dumps(rows, indent=2) + "\n")
 

@@ -259,3 +259,19 @@ def test_the_csv_and_the_app_say_which_model_read_each_image(tiny_run, routed, t
     p = Predictor(routed)
     assert "Read by the model this one was adapted from" in classify(p, None, str(own))[2]
     assert "Read by the adapted network" in classify(p, None, str(tmp_path / "new.png"))[2]
+
+
+@pytest.mark.slow
+def test_without_a_domain_check_nothing_is_kept_as_home_and_the_fine_tune_keeps_half_the_source(tiny_model, tmp_path):
+    """Nothing could tell home images from the new lab's, so the measured guard for home (mix 0.5) stays."""
+    from marrowscope.core.domain import DOMAIN_FILE
+    from marrowscope.fit.adapt import MIX, MIX_ROUTED
+
+    bare = shutil.copytree(tiny_model, tmp_path / "bare")
+    (bare / DOMAIN_FILE).unlink()
+    cells = make_dataset(tmp_path / "lab", per_class=3, classes=("EOS", "LYT"))
+    r = adapt(cells, bare, tmp_path / "ours", epochs=1, workers=0, holdout=0)
+    assert (r["mix"], r["home"]) == (MIX, None) and not (tmp_path / "ours" / "home").exists()
+    assert read_model_info(tmp_path / "ours").home is None
+    r = adapt(cells, tiny_model, tmp_path / "routed", epochs=1, workers=0, holdout=0)
+    assert (r["mix"], r["home"]) == (MIX_ROUTED, "home") and MIX_ROUTED > MIX

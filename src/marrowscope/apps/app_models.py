@@ -35,17 +35,16 @@ def explainer_for(predictor: Predictor):
 
 
 def home_explainer(home: Predictor, explainer):
-    """The map for a call an adapted folder's home model made: from the home's ONNX file (the bundled
-    model's has one), else none rather than another network's map; None where maps are off."""
-    return _onnx_cam(home) if explainer is not None else None
+    """The map for a call an adapted folder's home model made, by that model (the lightest method its folder
+    allows), never another network's; None where maps are off."""
+    return _explainer_of(home) if explainer is not None else None
 
 
 @lru_cache(maxsize=4)
-def _onnx_cam(predictor: Predictor):
-    """The ONNX file's map of a predictor, built once (it reads the head's weights), or None without one."""
-    from marrowscope.core.cam import OnnxCam
-
-    return OnnxCam(predictor) if OnnxCam.available(predictor) else None
+def _explainer_of(predictor: Predictor):
+    """:func:`explainer_for`, built once per predictor (and its Grad-CAM loading started)."""
+    explainer = explainer_for(predictor)
+    return explainer.start() if isinstance(explainer, LoadingExplainer) else explainer
 
 
 class LoadingExplainer:
@@ -149,8 +148,8 @@ def _switch(models: SessionModels, model_state: Optional[dict], run, work: Path,
     return zipped, note(s), new_state, banner(models, new_state)
 
 
-def adapt_to_review(models: SessionModels, archive: Path, model_state: Optional[dict], epochs: int = 4,
-                    progress=gr.Progress(track_tqdm=True)):
+def adapt_to_review(models: SessionModels, archive: Path, model_state: Optional[dict],
+                    epochs: Optional[int] = None, progress=gr.Progress(track_tqdm=True)):
     """Adapt the session's model to a reviewed.zip -> (zip of the adapted folder, note, new model state,
     banner)."""
     adapt = _training("adapt").adapt
@@ -162,7 +161,8 @@ def adapt_to_review(models: SessionModels, archive: Path, model_state: Optional[
             f" Held-out accuracy on {s['held_out']} of your cells: {s['accuracy_before']:.2f} before, " \
             f"{s['accuracy_after']:.2f} after (95% interval {s['interval_after'][0]:.2f}-" \
             f"{s['interval_after'][1]:.2f}: one cell is {100 / s['held_out']:.0f} points)."
-        return (f"Adapted on {_reviewed_summary(s)}.{measured} This session now uses the adapted model; download it "
+        return (f"Adapted on {_reviewed_summary(s)}.{measured} This session now uses the adapted model; cells like "
+                "the first model's training cells are still read by that model, which the folder keeps. Download it "
                 "below (a model folder for `--model`).")
 
     return _switch(models, model_state, lambda out: adapt(archive, source, out, epochs=epochs), scratch_dir("adapted"),

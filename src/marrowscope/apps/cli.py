@@ -288,12 +288,14 @@ def _add_adapt(sub) -> None:
     s.add_argument("--out", required=True, help="the new model folder (must not be a model folder already)")
     s.add_argument("--replay", default=None, help="class folders of the model's training images (default: its "
                    "manifest's training split, where its images are found)")
-    s.add_argument("--epochs", type=int, default=4)
+    s.add_argument("--epochs", type=int, default=None, help="passes over the cells (default 8 where the source model "
+                   "has a domain check, which keeps its home lab's images; else 4)")
     s.add_argument("--lr", type=float, default=3e-4)
     s.add_argument("--holdout", type=float, default=0.2, help="share of each class held out to measure on")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--mix", type=float, default=None, help="weight of the fine-tuned network against the source's "
-                   "(default 0.5: keeps what the source knows, README 'Adapting to a lab'; 1: the fine-tune alone)")
+                   "(default 1, the fine-tune alone, where the source model has a domain check, which keeps its home "
+                   "lab's images; else 0.5, which keeps what the source knows there; docs/adaptation.md)")
     s.add_argument("--replay-distill", type=float, default=None, help="weight of the source model's own "
                    "probabilities in the replayed images' targets (default 0.5: keeps its blasts at home; 0: labels "
                    "only)")
@@ -323,8 +325,8 @@ def adapt_report(r: dict, out: str) -> str:
         lines.append(f"  the source model is kept in {r['home']}/: images its own domain check finds like its training "
                      "images keep its calls, blast weight and accept rule (the predictions' network column says home)")
     if r.get("blast_weight_dropped"):
-        lines.append("  the new lab's cells get no blast weight: it was fitted on the source lab's blasts; `marrowscope "
-                     "calibrate` on the lab's own labelled cells (blasts among them) fits one")
+        lines.append("  the new lab's cells get no blast weight: it was fitted on the source lab's blasts; "
+                     "`marrowscope calibrate` on the lab's own labelled cells (blasts among them) fits one")
     lines.append("  the adapted network's domain check was refitted on both labs' cells, so the new lab's images are "
                  "no longer unusual; cells of a lab it has not seen still are")
     return "\n".join(lines)
@@ -347,7 +349,7 @@ def cmd_adapt(a) -> None:
     from marrowscope.fit.adapt import adapt
 
     r = adapt(a.data, a.source, a.out, replay=a.replay, epochs=a.epochs, lr=a.lr, holdout=a.holdout, seed=a.seed,
-              workers=a.workers, data_root=a.data_root, **({} if a.mix is None else {"mix": a.mix}),
+              workers=a.workers, data_root=a.data_root, mix=a.mix,
               **({} if a.replay_distill is None else {"distill": a.replay_distill}))
     for u in r["unreadable"]:
         print(f"skipped {u['path']}: {u['reason']}", file=sys.stderr)
