@@ -275,3 +275,17 @@ def test_without_a_domain_check_nothing_is_kept_as_home_and_the_fine_tune_keeps_
     assert read_model_info(tmp_path / "ours").home is None
     r = adapt(cells, tiny_model, tmp_path / "routed", epochs=1, workers=0, holdout=0)
     assert (r["mix"], r["home"]) == (MIX_ROUTED, "home") and MIX_ROUTED > MIX
+
+
+@pytest.mark.slow
+def test_a_source_with_an_onnx_file_gives_an_adapted_folder_with_one(tiny_model, tmp_path):
+    """The new lab's images then take the same fast path as the home images."""
+    from marrowscope.core.predict import Predictor
+    from marrowscope.fit.export import export_onnx
+
+    source = shutil.copytree(tiny_model, tmp_path / "source")
+    export_onnx(source)
+    adapt(make_dataset(tmp_path / "lab", per_class=3, classes=("EOS", "LYT")), source, tmp_path / "ours", epochs=1,
+          workers=0, holdout=0)
+    p = Predictor(tmp_path / "ours")
+    assert (p.backend, p.home.backend) == ("onnx", "onnx")

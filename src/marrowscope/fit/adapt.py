@@ -37,6 +37,7 @@ from marrowscope.core.artifacts import (
     resolve_model_dir,
     save_model_folder,
 )
+from marrowscope.core.config import ONNX_FILES
 from marrowscope.core.data import Sample, load_samples, prepare, scan_folder
 from marrowscope.core.domain import DOMAIN_FILE
 from marrowscope.core.errors import MarrowscopeError, Unreadable
@@ -45,6 +46,7 @@ from marrowscope.core.predict import Predictor, probs_from_logits
 from marrowscope.core.uploads import UNPACK_ERRORS
 from marrowscope.fit.checks import fit_domain, fit_focus
 from marrowscope.fit.datasets import CellDataset, make_loader
+from marrowscope.fit.export import export_onnx
 from marrowscope.fit.module import CellClassifier
 from marrowscope.fit.transforms import train_transform
 
@@ -244,6 +246,8 @@ def adapt(data: str | Path, from_model: Optional[str | Path], out: str | Path, *
         save_model_folder(net, out, info.classes, info.data_config, extra=extra, half=True,
                           files={HOME: _home_copy(source, Path(work))} if routes else None)
         _refit_checks(out, [*train, *replayed], [*cells, *per_class(own, DOMAIN_PER_CLASS, seed)], seed)
+        if (source / ONNX_FILES["onnx"]).is_file():  # the new lab's images take the same fast path as the source's
+            export_onnx(out, [c.path for c in cells[:8]])
         summary["accuracy_before"], summary["interval_before"] = _accuracy(source, held)
         summary["accuracy_after"], summary["interval_after"] = _accuracy(out, held)
     _write_card(source, out, summary)
