@@ -227,7 +227,7 @@ def test_images_like_the_home_labs_keep_the_home_models_whole_prediction(tiny_ru
     for r in results:
         h = home[r.source]
         if r.network == "home":
-            assert h.unusual is False and (r.call, r.decision, r.set) == (h.call, h.decision, h.set)
+            assert h.unusual is False and (r.call, r.decision, r.set, r.scale) == (h.call, h.decision, h.set, h.scale)
             assert np.allclose(r.probs, h.probs, atol=1e-6)
         else:
             assert h.unusual and r.network == "lab" and np.allclose(r.probs, lab[r.source].probs, atol=1e-6)

@@ -260,7 +260,8 @@ class Predictor:
         images it keeps (their ``home`` set), and this network's for the rest only."""
         home = self.home.usual(sources, names, [x[1] for x in loaded], pool) if self.home and route \
             else [None] * len(loaded)
-        out: list = [None if h is None else h._replace(home=h) for h in home]
+        # the scale as first found (the home read it at that pixel size, which would otherwise say "given")
+        out: list = [None if h is None else h._replace(home=h._replace(scale=x[1])) for h, x in zip(home, loaded)]
         todo = [k for k, h in enumerate(home) if h is None]
         if not todo:
             return out
