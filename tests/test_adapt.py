@@ -272,9 +272,11 @@ def test_without_a_domain_check_nothing_is_kept_as_home_and_the_fine_tune_keeps_
     cells = make_dataset(tmp_path / "lab", per_class=3, classes=("EOS", "LYT"))
     r = adapt(cells, bare, tmp_path / "ours", epochs=1, workers=0, holdout=0)
     assert (r["mix"], r["home"]) == (MIX, None) and not (tmp_path / "ours" / "home").exists()
+    assert "kept in" not in (tmp_path / "ours" / "MODEL_CARD.md").read_text()
     assert read_model_info(tmp_path / "ours").home is None
     r = adapt(cells, tiny_model, tmp_path / "routed", epochs=1, workers=0, holdout=0)
     assert (r["mix"], r["home"]) == (MIX_ROUTED, "home") and MIX_ROUTED > MIX
+    assert "kept in `home/`" in (tmp_path / "routed" / "MODEL_CARD.md").read_text()
 
 
 @pytest.mark.slow

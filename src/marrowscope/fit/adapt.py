@@ -301,7 +301,8 @@ def _write_card(source: Path, out: Path, s: dict) -> None:
                f"and {s['replayed']} replayed training images of the source model"
                + (f" (their targets {1 - s['replay_distill']:g} label, {s['replay_distill']:g} the source model's own "
                   "probabilities)" if s.get("replay_distill") else "") + f". {held} The figures above are "
-               "the source model's; measure this one on your own images. Images that the source model's domain "
-               f"check finds like its own training images are read by that model, kept in `{s['home']}/`, with its "
-               "blast weight and accept rule: on them the figures above hold as they are.\n")
+               "the source model's; measure this one on your own images."
+               + (" Images that the source model's domain check finds like its own training images are read by "
+                  f"that model, kept in `{s['home']}/`, with its blast weight and accept rule: on them the figures "
+                  "above hold as they are." if s.get("home") else "") + "\n")
     (out / "MODEL_CARD.md").write_text(card + section)
