@@ -135,3 +135,18 @@ def test_a_real_predict_killed_part_way_resumes_to_the_uninterrupted_csv(tiny_mo
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     ref = (tmp_path / "ref.csv").read_text().replace("ref.csv", "p.csv")
     assert out.read_text() == ref and not partial.exists()
+
+
+def test_a_kept_result_reads_back_whole_which_network_read_it_included():
+    """A resumed run of an adapted folder writes the same network column as one never interrupted."""
+    import numpy as np
+
+    from marrowscope.core.partial import record, result_of
+    from marrowscope.core.predict import Prediction
+    from marrowscope.core.scale import Scale
+
+    p = Prediction("a.png", np.array([0.7, 0.3], np.float32), "BLA", 0.7, "review", ("BLA",), False, 0.9,
+                   Scale(0.1, "given"), 0.0, "home")
+    back = result_of(json.loads(json.dumps(record(p))))
+    assert (back.network, back.call, back.set, back.scale) == ("home", "BLA", ("BLA",), p.scale)
+    assert np.array_equal(back.probs, p.probs)
