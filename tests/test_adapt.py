@@ -262,10 +262,11 @@ def test_the_csv_and_the_app_say_which_model_read_each_image(tiny_run, routed, t
 
 
 @pytest.mark.slow
-def test_without_a_domain_check_nothing_is_kept_as_home_and_the_fine_tune_keeps_half_the_source(tiny_model, tmp_path):
-    """Nothing could tell home images from the new lab's, so the measured guard for home (mix 0.5) stays."""
+def test_the_fine_tune_keeps_half_the_source_without_a_domain_check_or_with_few_cells(tiny_model, tmp_path):
+    """Without a check nothing could tell home images from the new lab's, so the measured guard for home
+    (mix 0.5) stays; with few cells the fine-tune alone overfits the new lab."""
     from marrowscope.core.domain import DOMAIN_FILE
-    from marrowscope.fit.adapt import MIX, MIX_ROUTED
+    from marrowscope.fit.adapt import MIX, MIX_ROUTED, STRONG_FROM
 
     bare = shutil.copytree(tiny_model, tmp_path / "bare")
     (bare / DOMAIN_FILE).unlink()
@@ -274,7 +275,10 @@ def test_without_a_domain_check_nothing_is_kept_as_home_and_the_fine_tune_keeps_
     assert (r["mix"], r["home"]) == (MIX, None) and not (tmp_path / "ours" / "home").exists()
     assert "kept in" not in (tmp_path / "ours" / "MODEL_CARD.md").read_text()
     assert read_model_info(tmp_path / "ours").home is None
-    r = adapt(cells, tiny_model, tmp_path / "routed", epochs=1, workers=0, holdout=0)
+    r = adapt(cells, tiny_model, tmp_path / "few", epochs=1, workers=0, holdout=0)
+    assert (r["mix"], r["home"]) == (MIX, "home")  # home kept, but 3 cells a class: the fine-tune would overfit
+    many = make_dataset(tmp_path / "many", per_class=STRONG_FROM, classes=("EOS", "LYT"))
+    r = adapt(many, tiny_model, tmp_path / "routed", epochs=1, workers=0, holdout=0)
     assert (r["mix"], r["home"]) == (MIX_ROUTED, "home") and MIX_ROUTED > MIX
     assert "kept in `home/`" in (tmp_path / "routed" / "MODEL_CARD.md").read_text()
 

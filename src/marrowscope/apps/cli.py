@@ -289,13 +289,15 @@ def _add_adapt(sub) -> None:
     s.add_argument("--replay", default=None, help="class folders of the model's training images (default: its "
                    "manifest's training split, where its images are found)")
     s.add_argument("--epochs", type=int, default=None, help="passes over the cells (default 8 where the source model "
-                   "has a domain check, which keeps its home lab's images; else 4)")
+                   "has a domain check, which keeps its home lab's images, and every class has at least 20 cells; "
+                   "else 4)")
     s.add_argument("--lr", type=float, default=3e-4)
     s.add_argument("--holdout", type=float, default=0.2, help="share of each class held out to measure on")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--mix", type=float, default=None, help="weight of the fine-tuned network against the source's "
                    "(default 1, the fine-tune alone, where the source model has a domain check, which keeps its home "
-                   "lab's images; else 0.5, which keeps what the source knows there; docs/adaptation.md)")
+                   "lab's images, and every class has at least 20 cells; else 0.5, which keeps half the source; "
+                   "docs/adaptation.md)")
     s.add_argument("--replay-distill", type=float, default=None, help="weight of the source model's own "
                    "probabilities in the replayed images' targets (default 0.5: keeps its blasts at home; 0: labels "
                    "only)")

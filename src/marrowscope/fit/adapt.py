@@ -57,10 +57,13 @@ DOMAIN_PER_CLASS = 100  # the source's images per class beside the new lab's in 
 # so the fine-tune need not keep the home lab itself: 20 cells per class of other-lab-pbc, three seeds
 # (docs/adaptation.md), the new lab reached 0.8525-0.9025 with 0.5 and 4 epochs, 0.8675-0.9425 with 1.0
 # and 4, 0.9425-0.9575 with 1.0 and 8, while bone-marrow-7's test figures stayed exactly as they were.
+# With 10 cells per class 1.0 and 8 overfit (0.8625-0.895; 0.5 and 4 gave 0.895 on the worst seed), so
+# the stronger recipe starts at STRONG_FROM labelled cells in every class given.
 # Without a check nothing keeps home images from the fine-tune, and the measured guard stays: with 1.0,
 # bone-marrow-7 lost 0.013-0.020 macro-F1 and up to 5 of 75 blasts; with 0.5, at most 0.008 and 2 blasts.
 MIX, EPOCHS = 0.5, 4
 MIX_ROUTED, EPOCHS_ROUTED = 1.0, 8
+STRONG_FROM = 20
 # Replayed images are learnt from the source network's own probabilities as well as their labels (half
 # and half): what it knew of the home lab, blasts included, is kept as it was, not only its labels. A
 # new lab without blasts gives the fine-tune no reason to keep P(BLA) where the source had it, and the
@@ -201,15 +204,14 @@ def adapt(data: str | Path, from_model: Optional[str | Path], out: str | Path, *
     """Fine-tune ``from_model`` on the labelled cells of ``data`` (plus replayed source images, learnt with
     weight ``distill`` from the source network's probabilities) into the new model folder ``out``, its
     weights ``mix`` * fine-tuned + (1 - ``mix``) * source; returns what was done and, with held-out cells,
-    accuracy before/after. ``epochs`` and ``mix`` default to the measured recipe for a source whose
-    domain check keeps its home images, or for one without."""
+    accuracy before/after. ``epochs`` and ``mix`` default to the measured recipes: the stronger one for a
+    source whose domain check keeps its home images and at least ``STRONG_FROM`` labelled cells in every
+    class given, else the one that keeps half the source."""
     import lightning as L
 
     source, out = resolve_model_dir(from_model), Path(out)
     routes = (home_of(source) / DOMAIN_FILE).is_file()
-    epochs = epochs or (EPOCHS_ROUTED if routes else EPOCHS)
-    mix = (MIX_ROUTED if routes else MIX) if mix is None else mix
-    if not 0 <= mix <= 1:
+    if mix is not None and not 0 <= mix <= 1:
         raise MarrowscopeError(f"mix must be between 0 (the source's weights) and 1 (the fine-tune's), not {mix}.")
     if (out / CONFIG).is_file() or (out / "model" / CONFIG).is_file():
         raise MarrowscopeError(f"'{out}' is already a model folder; adapt writes a new one: choose another --out.")
@@ -217,6 +219,9 @@ def adapt(data: str | Path, from_model: Optional[str | Path], out: str | Path, *
     L.seed_everything(seed, workers=True, verbose=False)
     with tempfile.TemporaryDirectory() as work:
         cells, skipped = read_cells(data, info.classes, Path(work), data_root)
+        strong = routes and min(Counter(s.label for s in cells).values()) >= STRONG_FROM
+        epochs = epochs or (EPOCHS_ROUTED if strong else EPOCHS)
+        mix = (MIX_ROUTED if strong else MIX) if mix is None else mix
         train, held = split_holdout(cells, holdout, seed)
         own = source_images(source, replay)
         replayed = per_class(own, REPLAY_PER_CLASS, seed)
