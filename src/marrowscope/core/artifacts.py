@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from marrowscope.core.classes import FULL_NAMES
+from marrowscope.core.config import ONNX_FILES
 from marrowscope.core.errors import MarrowscopeError
 
 if TYPE_CHECKING:  # reading a folder's config needs no torch; loading or saving its weights does
@@ -37,7 +38,7 @@ LABEL_FREE_MIN_CELLS = 100
 HOME = "home"
 # the files that decide what a model folder predicts (what a resumed run checks, what an adapted folder's
 # home keeps)
-MODEL_FILES = (CONFIG, WEIGHTS, "model.onnx", "model.int8.onnx", "domain.safetensors")
+MODEL_FILES = (CONFIG, WEIGHTS, *ONNX_FILES.values(), "domain.safetensors")  # core.domain's file; it needs numpy
 
 
 @dataclass

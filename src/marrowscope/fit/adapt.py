@@ -210,7 +210,8 @@ def adapt(data: str | Path, from_model: Optional[str | Path], out: str | Path, *
     import lightning as L
 
     source, out = resolve_model_dir(from_model), Path(out)
-    routes = (home_of(source) / DOMAIN_FILE).is_file()
+    home = home_of(source)
+    routes = (home / DOMAIN_FILE).is_file()
     if mix is not None and not 0 <= mix <= 1:
         raise MarrowscopeError(f"mix must be between 0 (the source's weights) and 1 (the fine-tune's), not {mix}.")
     if (out / CONFIG).is_file() or (out / "model" / CONFIG).is_file():
@@ -238,7 +239,7 @@ def adapt(data: str | Path, from_model: Optional[str | Path], out: str | Path, *
                    "unreadable": [u.as_dict() for u in [*skipped, *more]],
                    "blast_weight_dropped": bool(any(v.get("blast_weight", 1.0) != 1.0
                                                     for v in (info.extra.get("policy") or {}).values())),
-                   "domain_refitted": True}
+                   "domain_refitted": True, "home": HOME if routes else None}
         extra = {**info.extra, "adapted": summary}
         extra.pop("domain", None)
         extra.pop("second_reading", None)  # its zoom was chosen for the source network; this one is another
@@ -247,9 +248,8 @@ def adapt(data: str | Path, from_model: Optional[str | Path], out: str | Path, *
         # it was never fitted on (`calibrate` on the lab's own held-out cells, blasts among them, refits it)
         if extra.get("policy"):
             extra["policy"] = {k: {**v, "blast_weight": 1.0} for k, v in extra["policy"].items()}
-        summary["home"] = HOME if routes else None
         save_model_folder(net, out, info.classes, info.data_config, extra=extra, half=True,
-                          files={HOME: _home_copy(source, Path(work))} if routes else None)
+                          files={HOME: _home_copy(home, Path(work))} if routes else None)
         _refit_checks(out, [*train, *replayed], [*cells, *per_class(own, DOMAIN_PER_CLASS, seed)], seed)
         if (source / ONNX_FILES["onnx"]).is_file():  # the new lab's images take the same fast path as the source's
             export_onnx(out, [c.path for c in cells[:8]])
@@ -265,10 +265,8 @@ def home_of(source: Path) -> Path:
     return read_model_info(source).home or source
 
 
-def _home_copy(source: Path, work: Path) -> Path:
-    """The files of the model the adapted folder keeps as its home (the source's own home if it has one),
-    copied into ``work``."""
-    home = home_of(source)
+def _home_copy(home: Path, work: Path) -> Path:
+    """The files of ``home`` (:func:`home_of`) that decide its predictions, and its card, copied into ``work``."""
     copy = work / HOME
     copy.mkdir()
     for name in MODEL_FILES:
