@@ -30,6 +30,8 @@ def main() -> None:
     ap.add_argument("--mix", type=float, default=None, help="default: adapt's own choice for the source")
     ap.add_argument("--distill", type=float, default=REPLAY_DISTILL, help="replayed images' weight on the source's "
                     "probabilities")
+    ap.add_argument("--holdout", type=float, default=0.0, help="share of each class adapt holds out (its own "
+                    "default is 0.2: what a user running it as it is gets)")
     ap.add_argument("--out", default="docs/results/adapt.json")
     a = ap.parse_args()
     source = resolve_model_dir(a.model)
@@ -54,13 +56,14 @@ def main() -> None:
             for seed in a.seeds:
                 out = work / f"adapted{k}_{seed}"
                 t = time.perf_counter()
-                done = adapt(cells, source, out, epochs=a.epochs, holdout=0, seed=seed, mix=a.mix, distill=a.distill)
+                done = adapt(cells, source, out, epochs=a.epochs, holdout=a.holdout, seed=seed, mix=a.mix,
+                             distill=a.distill)
                 secs = time.perf_counter() - t
                 lab = evaluate(Predictor(out), rest, "all")
                 own = evaluate(Predictor(out), source / "manifest.csv", "test")
                 recall = {c: r["recall"] for c, r in lab["per_class"].items() if r["support"]}
                 rows.append({"cells_per_class": k, "seed": seed, "mix": done["mix"], "epochs": done["epochs"],
-                             "replay_distill": a.distill,
+                             "trained_per_class": done["per_class"], "replay_distill": a.distill,
                              "adapt_seconds": round(secs, 1),
                              "other_lab_accuracy_before": before_lab["accuracy"],
                              "other_lab_accuracy_after": lab["accuracy"], "other_lab_recall_after": recall,

@@ -245,6 +245,7 @@ def test_the_csv_and_the_app_say_which_model_read_each_image(tiny_run, routed, t
     import csv
 
     from marrowscope.apps.app import classify
+    from marrowscope.apps.app_models import explainer_for
     from marrowscope.core.manifest import read_manifest
     from marrowscope.core.predict import Predictor
     from tests.conftest import strange_image
@@ -259,6 +260,14 @@ def test_the_csv_and_the_app_say_which_model_read_each_image(tiny_run, routed, t
     p = Predictor(routed)
     assert "Read by the model this one was adapted from" in classify(p, None, str(own))[2]
     assert "Read by the adapted network" in classify(p, None, str(tmp_path / "new.png"))[2]
+    # the map is drawn by the network that made the call: the home model's own explainer for a home call
+    explainer, drawn = explainer_for(p), []
+    assert explainer.home is not None and explainer.home.home is None
+    explainer.overlay = lambda *a, **k: drawn.append("lab")
+    explainer.home.overlay = lambda *a, **k: drawn.append("home")
+    for image in (own, tmp_path / "new.png"):
+        classify(p, explainer, str(image))
+    assert drawn == ["home", "lab"]
 
 
 @pytest.mark.slow

@@ -17,13 +17,12 @@ from typing import Optional
 import gradio as gr
 
 from marrowscope.apps.app_models import (
-    LoadingExplainer,
     SessionModels,
     adapt_to_review,
     banner,
     explainer_for,
     fit_to_batch,
-    home_explainer,
+    started,
     use_bundled,
 )
 from marrowscope.apps.field_view import field_tab
@@ -65,7 +64,7 @@ def classify(predictor: Predictor, explainer, image_path: Optional[str], pixel_s
     try:
         pred = predictor.predict_one(image_path, pixel_size or None)
         if pred.network == "home":  # an adapted folder kept its home model's prediction: its rules and map
-            predictor, explainer = predictor.home, home_explainer(predictor.home, explainer)
+            predictor, explainer = predictor.home, getattr(explainer, "home", None)
         # the overlay reuses the pixel size the prediction used, rather than estimating it again
         used = pixel_size or (pred.scale.pixel_size_um if pred.scale else None)
         call = predictor.classes.index(pred.call)  # the most probable class, or a blast
@@ -362,8 +361,7 @@ def launch(model: Optional[str] = None, host: str = "127.0.0.1", port: int = 786
     blocking = not launch_kw.pop("prevent_thread_lock", False)
     served = demo.launch(server_name=host, server_port=port, max_file_size=MAX_UPLOAD, show_error=False,
                          prevent_thread_lock=True, **launch_kw)
-    if isinstance(explainer, LoadingExplainer):
-        explainer.start()
+    started(explainer)
     if blocking:
         demo.block_thread()
     return served

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import shutil
 import threading
-from functools import lru_cache
 from pathlib import Path
 from typing import Optional
 
@@ -28,23 +27,22 @@ from marrowscope.core.predict import Predictor
 def explainer_for(predictor: Predictor):
     """Where the model looked, by the lightest method the folder allows: the exact class activation map from
     its ONNX file (numpy, no torch; :mod:`marrowscope.core.cam`), else Grad-CAM, loaded in a thread once
-    :meth:`LoadingExplainer.start` is called (torch, timm and pytorch-grad-cam)."""
+    :func:`started` (torch, timm and pytorch-grad-cam). Its ``home``: an adapted folder's home model's own
+    explainer (None for other folders), so a call the home model made gets that model's map, never another
+    network's."""
     from marrowscope.core.cam import OnnxCam
 
-    return OnnxCam(predictor) if OnnxCam.available(predictor) else LoadingExplainer(predictor.model_dir)
+    explainer = OnnxCam(predictor) if OnnxCam.available(predictor) else LoadingExplainer(predictor.model_dir)
+    explainer.home = explainer_for(predictor.home) if predictor.home is not None else None
+    return explainer
 
 
-def home_explainer(home: Predictor, explainer):
-    """The map for a call an adapted folder's home model made, by that model (the lightest method its folder
-    allows), never another network's; None where maps are off."""
-    return _explainer_of(home) if explainer is not None else None
-
-
-@lru_cache(maxsize=4)
-def _explainer_of(predictor: Predictor):
-    """:func:`explainer_for`, built once per predictor (and its Grad-CAM loading started)."""
-    explainer = explainer_for(predictor)
-    return explainer.start() if isinstance(explainer, LoadingExplainer) else explainer
+def started(explainer):
+    """``explainer`` (and its home's), Grad-CAM's loading started where it loads in a thread."""
+    for e in (explainer, getattr(explainer, "home", None)):
+        if isinstance(e, LoadingExplainer):
+            e.start()
+    return explainer
 
 
 class LoadingExplainer:
@@ -84,7 +82,8 @@ class LoadingExplainer:
 
 
 class SessionModels:
-    """Predictors (and Grad-CAM explainers) by model folder, each loaded once."""
+    """Predictors (and Grad-CAM explainers, an adapted folder's with its home's) by model folder, each loaded
+    once and dropped with the session's folder."""
 
     def __init__(self, predictor: Predictor, explainer=None):
         self.default, self.explain = (predictor, explainer), explainer is not None
@@ -100,9 +99,7 @@ class SessionModels:
             if folder not in self._loaded:
                 # the same settings as the bundled model's predictor, on the adapted folder
                 predictor = self.default[0].again(folder)
-                explainer = explainer_for(predictor) if self.explain else None
-                if isinstance(explainer, LoadingExplainer):
-                    explainer.start()
+                explainer = started(explainer_for(predictor)) if self.explain else None
                 self._loaded[folder] = (predictor, explainer)
             return self._loaded[folder]
 
