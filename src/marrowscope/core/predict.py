@@ -224,12 +224,15 @@ class Predictor:
         return backend
 
     def load(self, src: ImageSource, name: Optional[str] = None, pixel_size: Optional[float] = None,
-             zoom: float = 1.0) -> Union[tuple[np.ndarray, Optional[Scale], Optional[float]], Unreadable]:
+             zoom: float = 1.0, route: bool = True
+             ) -> Union[tuple[np.ndarray, Optional[Scale], Optional[float]], Unreadable]:
         """Decode (the one decoder) and preprocess one source to ([3, H, W], its scale, its focus blur), or
         say why it cannot be read. ``pixel_size`` (µm per pixel) overrides the estimate for this call;
-        ``zoom`` draws the cell that much larger or smaller than at the training scale."""
+        ``zoom`` draws the cell that much larger or smaller than at the training scale. In an adapted folder
+        (``route``), as its home model reads it: the home reads every image first (:meth:`infer`)."""
+        reader = self.home if route and self.home is not None else self
         try:
-            return self.preprocess(decode_image(src), pixel_size, zoom)
+            return reader.preprocess(decode_image(src), pixel_size, zoom)
         except ImageDecodeError as exc:
             return Unreadable(name if name is not None else _name(src, 0), str(exc))
 
@@ -254,41 +257,32 @@ class Predictor:
 
     def infer(self, sources: Sequence[ImageSource], names: Sequence[str], loaded: Sequence[tuple],
               pool: Optional[ThreadPoolExecutor] = None, route: bool = True) -> list[Raw]:
-        """The :class:`Raw` results of images :meth:`load` has read (``loaded``: its tensors, scales and
-        blurs), the flagged ones read a second time: the one step after decoding that a batch, a single
-        image and a DDP rank share. In an adapted folder (``route``), the home model's own result for the
-        images it keeps (their ``home`` set), and this network's for the rest only."""
-        home = self.home.usual(sources, names, [x[1] for x in loaded], pool) if self.home and route \
-            else [None] * len(loaded)
-        # the scale as first found (the home read it at that pixel size, which would otherwise say "given")
-        out: list = [None if h is None else h._replace(home=h._replace(scale=x[1])) for h, x in zip(home, loaded)]
-        todo = [k for k, h in enumerate(home) if h is None]
-        if not todo:
-            return out
-        logits, feats, scores = self.forward(np.stack([loaded[k][0] for k in todo]))
-        again = self.read_again([sources[k] for k in todo], [loaded[k][1] for k in todo], scores, pool)
-        for j, k in enumerate(todo):
-            out[k] = Raw(names[k], logits[:, j], loaded[k][1], None if scores is None else float(scores[j]),
-                         None if feats is None else feats[j], loaded[k][2], again[j])
-        return out
-
-    def usual(self, sources: Sequence[ImageSource], names: Sequence[str], scales: Sequence[Optional[Scale]],
-              pool: Optional[ThreadPoolExecutor] = None) -> list[Optional[Raw]]:
-        """This folder's :class:`Raw` of each source its domain check finds usual, read at the pixel size
-        ``scales`` already found for it (one estimate per image); None for the rest, and for all without a
-        check."""
-        out: list[Optional[Raw]] = [None] * len(sources)
-        if self.unusual_above is None:
-            return out
+        """The :class:`Raw` results of images :meth:`load` has read with the same ``route`` (``loaded``: its
+        tensors, scales and blurs), the flagged ones read a second time: the one step after decoding that a
+        batch, a single image and a DDP rank share. In an adapted folder (``route``), the home model reads
+        every image first and keeps the ones its domain check finds usual (their ``home`` set: decoded once,
+        as the home model alone reads them); this network reads only the rest, at the scale first found."""
+        if not (route and self.home is not None):
+            return self._read(sources, names, loaded, pool)
+        out = self.home.infer(sources, names, loaded, pool)
+        todo = [k for k, r in enumerate(out) if self.home.unusual_above is None
+                or flagged(r.domain_score, self.home.unusual_above)]
         loads = (pool.map if pool else map)(
-            lambda i: self.load(sources[i], names[i], scales[i].pixel_size_um if scales[i] else None),
-            range(len(sources)))
-        loaded = [(i, x) for i, x in enumerate(loads) if not isinstance(x, Unreadable)]  # changed since: not kept
-        if loaded:
-            raws = self.infer([sources[i] for i, _ in loaded], [names[i] for i, _ in loaded], [x for _, x in loaded])
-            for (i, _), r in zip(loaded, raws):
-                out[i] = None if flagged(r.domain_score, self.unusual_above) else r
-        return out
+            lambda k: self.load(sources[k], names[k], _um(loaded[k][1]), route=False), todo)
+        mine = {k: x for k, x in zip(todo, loads) if not isinstance(x, Unreadable)}
+        raws = dict(zip(mine, self._read([sources[k] for k in mine], [names[k] for k in mine],
+                                         [(x[0], loaded[k][1], x[2]) for k, x in mine.items()], pool)
+                        if mine else []))
+        # an image that cannot be read again (changed since) keeps the home model's reading, flagged unusual
+        return [raws[k] if k in raws else r._replace(home=r) for k, r in enumerate(out)]
+
+    def _read(self, sources: Sequence[ImageSource], names: Sequence[str], loaded: Sequence[tuple],
+              pool: Optional[ThreadPoolExecutor] = None) -> list[Raw]:
+        """This folder's own network's :class:`Raw` of each loaded image, the flagged ones read again."""
+        logits, feats, scores = self.forward(np.stack([x[0] for x in loaded]))
+        again = self.read_again(sources, [x[1] for x in loaded], scores, pool)
+        return [Raw(names[j], logits[:, j], x[1], None if scores is None else float(scores[j]),
+                    None if feats is None else feats[j], x[2], again[j]) for j, x in enumerate(loaded)]
 
     def stream_logits(self, sources: Sequence[ImageSource], names: Optional[Sequence[str]] = None,
                       batch_size: int = 32, workers: Optional[int] = None, pixel_size: Optional[float] = None,
@@ -301,11 +295,11 @@ class Predictor:
             pending: deque = deque()
             it = iter(zip(names, sources))
             for name, src in islice(it, batch_size * 2):
-                pending.append((name, src, pool.submit(self.load, src, name, pixel_size)))
+                pending.append((name, src, pool.submit(self.load, src, name, pixel_size, 1.0, route)))
             while pending:
                 chunk = [pending.popleft() for _ in range(min(batch_size, len(pending)))]
                 for name, src in islice(it, len(chunk)):  # keep the decoders one batch ahead
-                    pending.append((name, src, pool.submit(self.load, src, name, pixel_size)))
+                    pending.append((name, src, pool.submit(self.load, src, name, pixel_size, 1.0, route)))
                 loaded = [(name, src, fut.result()) for name, src, fut in chunk]
                 ok = [(src, name, x) for name, src, x in loaded if not isinstance(x, Unreadable)]
                 raws = iter(self.infer(*map(list, zip(*ok)), pool, route) if ok else [])
@@ -382,7 +376,8 @@ class Predictor:
         todo = [i for i, sc in enumerate(scales) if sc is not None and (zoom or flagged(scores[i], self.unusual_above))]
         zoom = zoom or self.second_zoom
         # at the first reading's pixel size (no second estimate), which passed Preprocess.check_pixel_size
-        loads = (pool.map if pool else map)(lambda i: self.load(sources[i], None, scales[i].pixel_size_um, zoom), todo)
+        loads = (pool.map if pool else map)(lambda i: self.load(sources[i], None, scales[i].pixel_size_um, zoom,
+                                                                    route=False), todo)
         loaded = [(i, x) for i, x in zip(todo, loads) if not isinstance(x, Unreadable)]  # changed since: once
         if loaded:
             logits = self.forward(np.stack([x[0] for _, x in loaded]))[0]
@@ -390,6 +385,10 @@ class Predictor:
                 out[i] = logits[:, k]
         return out
 
+
+
+def _um(scale: Optional[Scale]) -> Optional[float]:
+    return scale.pixel_size_um if scale else None
 
 
 def _name(src: object, i: int) -> str:
