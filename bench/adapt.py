@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from marrowscope.core.artifacts import resolve_model_dir
+from marrowscope.core.artifacts import resolve_model_dir, write_settings
 from marrowscope.core.data import default_data_dir
 from marrowscope.core.predict import Predictor
 from marrowscope.fit.adapt import REPLAY_DISTILL, adapt
@@ -32,6 +32,8 @@ def main() -> None:
                     "probabilities")
     ap.add_argument("--holdout", type=float, default=0.0, help="share of each class adapt holds out (its own "
                     "default is 0.2: what a user running it as it is gets)")
+    ap.add_argument("--lab-tta", action="store_true", help="also measure each adapted folder with its own network "
+                    "reading four views (flips and turns) and the home model as it is")
     ap.add_argument("--out", default="docs/results/adapt.json")
     a = ap.parse_args()
     source = resolve_model_dir(a.model)
@@ -80,6 +82,18 @@ def main() -> None:
                              **{f"{where}_{k}": m["decisions"].get(k)
                                 for where, m in (("other_lab", lab), ("own_test", own))
                                 for k in ("accepted_share", "accepted_accuracy", "blast_catch")}})
+                if a.lab_tta:
+                    write_settings(out, tta=True)  # the adapted network's setting; home keeps its own
+                    lab4 = evaluate(Predictor(out), rest, "all")
+                    own4 = evaluate(Predictor(out), source / "manifest.csv", "test")
+                    rows[-1]["lab_tta"] = {
+                        "other_lab_accuracy_after": lab4["accuracy"],
+                        "other_lab_recall_after": {c: r["recall"] for c, r in lab4["per_class"].items()
+                                                   if r["support"]},
+                        "other_lab_accepted_share": lab4["decisions"].get("accepted_share"),
+                        "other_lab_accepted_accuracy": lab4["decisions"].get("accepted_accuracy"),
+                        "own_test_macro_f1_after": own4["macro_f1"],
+                        "own_test_blast_recall_after": own4["per_class"]["BLA"]["recall"]}
                 print(json.dumps(rows[-1]), flush=True)
     Path(a.out).write_text(json.dumps(rows, indent=2) + "\n")
 
