@@ -304,3 +304,30 @@ def test_a_source_with_an_onnx_file_gives_an_adapted_folder_with_one(tiny_model,
           workers=0, holdout=0)
     p = Predictor(tmp_path / "ours")
     assert (p.backend, p.home.backend) == ("onnx", "onnx")
+
+
+@pytest.mark.slow
+def test_ddp_ranks_route_an_adapted_folders_images_as_one_process_does(tiny_run, routed, tmp_path):
+    """The ranks decode each image as the home model reads it and hand it to the same routing step."""
+    import csv
+    import subprocess
+    import sys
+
+    from marrowscope.core.manifest import read_manifest
+    from tests.conftest import strange_image
+
+    folder = tmp_path / "cells"
+    folder.mkdir()
+    for k, s in enumerate(s for s in read_manifest(tiny_run / "manifest.csv") if s.split == "test"):
+        shutil.copy(s.path, folder / f"own{k:02d}{s.path.suffix}")
+    for k in range(3):
+        strange_image(50 + k).save(folder / f"new{k}.png")
+    rows = {}
+    for devices in ("1", "2"):
+        out = tmp_path / f"p{devices}.csv"
+        res = subprocess.run([sys.executable, "-m", "marrowscope", "predict", str(folder), "--model", str(routed),
+                              "--out", str(out), "--devices", devices, "--accelerator", "cpu", "--batch-size", "4",
+                              "--quiet"], capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, res.stderr[-3000:]
+        rows[devices] = [(r["file"], r["network"], r["predicted"], r["decision"]) for r in csv.DictReader(open(out))]
+    assert rows["2"] == rows["1"] and {r[1] for r in rows["2"]} == {"home", "lab"}
