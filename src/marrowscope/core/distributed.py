@@ -97,6 +97,10 @@ def predict_distributed(predictor: Predictor, files: Sequence[Path], *, devices:
     if dist.is_available() and dist.is_initialized():
         shares = [None] * dist.get_world_size()
         dist.all_gather_object(shares, mine)
+        # every rank now holds what it needs. A group left to the interpreter's exit can abort the process
+        # (gloo's threads, "terminate called without an active exception"; seen once in CI, rank 1 and 0
+        # both exiting -6): PyTorch asks for this call once communication is over (pytorch/pytorch#190489)
+        dist.destroy_process_group()
     if trainer.global_rank != 0:
         return None
     got = dict(item for share in shares for item in share)  # the sampler may repeat a few items to even out ranks
