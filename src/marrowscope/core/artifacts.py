@@ -111,8 +111,8 @@ def save_model_folder(net: nn.Module, out_dir: str | Path, classes: Sequence[str
 
     Args:
         half: store weights in float16 (half the size; they load back as float32).
-        files: extra files or folders to copy in, name -> source path (history, manifest, an adapted
-            folder's home model folder, ...).
+        files: extra files to copy in, name -> source path (history, manifest, an adapted folder's home
+            model files as ``home/NAME``, ...).
     """
     from safetensors.torch import save_file
     from timm.models._hub import save_config_for_hf
@@ -131,10 +131,8 @@ def save_model_folder(net: nn.Module, out_dir: str | Path, classes: Sequence[str
             model_config["label_descriptions"] = descriptions
         save_config_for_hf(net, str(tmp / CONFIG), model_config=model_config, data_config=dict(data_config))
         for name, src in (files or {}).items():
-            if Path(src).is_dir():
-                shutil.copytree(src, tmp / name)
-            else:
-                shutil.copy2(src, tmp / name)
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, tmp / name)
         old = out_dir.with_name(f".{out_dir.name}.old")
         if out_dir.exists():
             shutil.rmtree(old, ignore_errors=True)

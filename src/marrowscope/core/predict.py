@@ -281,8 +281,9 @@ class Predictor:
         """This folder's own network's :class:`Raw` of each loaded image, the flagged ones read again."""
         logits, feats, scores = self.forward(np.stack([x[0] for x in loaded]))
         again = self.read_again(sources, [x[1] for x in loaded], scores, pool)
-        return [Raw(names[j], logits[:, j], x[1], None if scores is None else float(scores[j]),
-                    None if feats is None else feats[j], x[2], again[j]) for j, x in enumerate(loaded)]
+        return [Raw(name, logits[:, k], x[1], None if scores is None else float(scores[k]),
+                    None if feats is None else feats[k], x[2], again[k])
+                for k, (name, x) in enumerate(zip(names, loaded))]
 
     def stream_logits(self, sources: Sequence[ImageSource], names: Optional[Sequence[str]] = None,
                       batch_size: int = 32, workers: Optional[int] = None, pixel_size: Optional[float] = None,

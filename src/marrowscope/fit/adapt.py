@@ -16,7 +16,6 @@ to fit its own on, and a lab that adapts must not lose blasts at home.
 from __future__ import annotations
 
 import random
-import shutil
 import sys
 import tempfile
 import zipfile
@@ -249,7 +248,7 @@ def adapt(data: str | Path, from_model: Optional[str | Path], out: str | Path, *
         if extra.get("policy"):
             extra["policy"] = {k: {**v, "blast_weight": 1.0} for k, v in extra["policy"].items()}
         save_model_folder(net, out, info.classes, info.data_config, extra=extra, half=True,
-                          files={HOME: _home_copy(home, Path(work))} if routes else None)
+                          files=_home_files(home) if routes else None)
         _refit_checks(out, [*train, *replayed], [*cells, *per_class(own, DOMAIN_PER_CLASS, seed)], seed)
         if (source / ONNX_FILES["onnx"]).is_file():  # the new lab's images take the same fast path as the source's
             export_onnx(out, [c.path for c in cells[:8]])
@@ -265,16 +264,10 @@ def home_of(source: Path) -> Path:
     return read_model_info(source).home or source
 
 
-def _home_copy(home: Path, work: Path) -> Path:
-    """The files of ``home`` (:func:`home_of`) that decide its predictions, and its card, copied into ``work``."""
-    copy = work / HOME
-    copy.mkdir()
-    for name in MODEL_FILES:
-        if (home / name).is_file():
-            shutil.copy2(home / name, copy / name)
-    if (home / "MODEL_CARD.md").is_file():
-        shutil.copy2(home / "MODEL_CARD.md", copy / "MODEL_CARD.md")
-    return copy
+def _home_files(home: Path) -> dict[str, Path]:
+    """The files of ``home`` (:func:`home_of`) that decide its predictions, and its card, as the adapted
+    folder keeps them: ``home/NAME`` -> the file."""
+    return {f"{HOME}/{name}": home / name for name in (*MODEL_FILES, "MODEL_CARD.md") if (home / name).is_file()}
 
 
 def _refit_checks(model_dir: Path, train: list[Sample], both_labs: list[Sample], seed: int) -> None:
