@@ -21,6 +21,24 @@ from marrowscope.fit.adapt import REPLAY_DISTILL, adapt
 from marrowscope.report.evaluate import evaluate
 
 
+def after(out: Path, rest: Path, source: Path) -> dict:
+    """The adapted folder ``out`` measured on the other lab's remaining cells and the home lab's test split."""
+    lab = evaluate(Predictor(out), rest, "all")
+    own = evaluate(Predictor(out), source / "manifest.csv", "test")
+    return {"other_lab_accuracy_after": lab["accuracy"],
+            "other_lab_recall_after": {c: r["recall"] for c, r in lab["per_class"].items() if r["support"]},
+            "own_test_macro_f1_after": own["macro_f1"],
+            "own_test_blast_recall_after": own["per_class"]["BLA"]["recall"],
+            # the adapted folder's refitted domain check on both labs' images
+            "other_lab_warned_after": lab.get("unusual_share"),
+            "own_test_warned_after": own.get("unusual_share"),
+            # read by the source model the adapted folder keeps as its home
+            "other_lab_home_share": lab.get("home_share"),
+            "own_test_home_share": own.get("home_share"),
+            **{f"{where}_{k}": m["decisions"].get(k) for where, m in (("other_lab", lab), ("own_test", own))
+               for k in ("accepted_share", "accepted_accuracy", "blast_catch")}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=None)
@@ -61,39 +79,16 @@ def main() -> None:
                 done = adapt(cells, source, out, epochs=a.epochs, holdout=a.holdout, seed=seed, mix=a.mix,
                              distill=a.distill)
                 secs = time.perf_counter() - t
-                lab = evaluate(Predictor(out), rest, "all")
-                own = evaluate(Predictor(out), source / "manifest.csv", "test")
-                recall = {c: r["recall"] for c, r in lab["per_class"].items() if r["support"]}
                 rows.append({"cells_per_class": k, "seed": seed, "mix": done["mix"], "epochs": done["epochs"],
                              "trained_per_class": done["per_class"], "replay_distill": a.distill,
                              "adapt_seconds": round(secs, 1),
                              "other_lab_accuracy_before": before_lab["accuracy"],
-                             "other_lab_accuracy_after": lab["accuracy"], "other_lab_recall_after": recall,
                              "own_test_macro_f1_before": before_own["macro_f1"],
-                             "own_test_macro_f1_after": own["macro_f1"],
                              "own_test_blast_recall_before": before_own["per_class"]["BLA"]["recall"],
-                             "own_test_blast_recall_after": own["per_class"]["BLA"]["recall"],
-                             # the adapted folder's refitted domain check on both labs' images
-                             "other_lab_warned_after": lab.get("unusual_share"),
-                             "own_test_warned_after": own.get("unusual_share"),
-                             # read by the source model the adapted folder keeps as its home
-                             "other_lab_home_share": lab.get("home_share"),
-                             "own_test_home_share": own.get("home_share"),
-                             **{f"{where}_{k}": m["decisions"].get(k)
-                                for where, m in (("other_lab", lab), ("own_test", own))
-                                for k in ("accepted_share", "accepted_accuracy", "blast_catch")}})
+                             **after(out, rest, source)})
                 if a.lab_tta:
                     write_settings(out, tta=True)  # the adapted network's setting; home keeps its own
-                    lab4 = evaluate(Predictor(out), rest, "all")
-                    own4 = evaluate(Predictor(out), source / "manifest.csv", "test")
-                    rows[-1]["lab_tta"] = {
-                        "other_lab_accuracy_after": lab4["accuracy"],
-                        "other_lab_recall_after": {c: r["recall"] for c, r in lab4["per_class"].items()
-                                                   if r["support"]},
-                        "other_lab_accepted_share": lab4["decisions"].get("accepted_share"),
-                        "other_lab_accepted_accuracy": lab4["decisions"].get("accepted_accuracy"),
-                        "own_test_macro_f1_after": own4["macro_f1"],
-                        "own_test_blast_recall_after": own4["per_class"]["BLA"]["recall"]}
+                    rows[-1]["lab_tta"] = after(out, rest, source)
                 print(json.dumps(rows[-1]), flush=True)
     Path(a.out).write_text(json.dumps(rows, indent=2) + "\n")
 
